@@ -1,0 +1,122 @@
+"""`HypothesisTest`: per-feature paired tests of "this feature separates chosen from rejected".
+
+The dataclass is the config that the Hydra YAML instantiates; `run` applies it
+to the pooled SAE activations of a preference dataset:
+
+    from anatomy.hypotheses import HypothesisTest
+    table = HypothesisTest(test="wilcoxon", correction="bh").run(chosen, rejected)
+    table[table.significant]
+
+`chosen` and `rejected` are sparse (n_pairs, n_features), row i holding the two
+responses of pair i.  All features are tested at once (see `stats`); the
+multiple-testing family is the features that pass `min_frequency`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .correction import METHODS, adjust
+
+TESTS = ("wilcoxon", "sign")
+
+
+@dataclass
+class HypothesisTest:
+    """Paired tests of 'this feature separates chosen from rejected', for every feature at once."""
+
+    test: str = "wilcoxon"  # primary paired test: "wilcoxon" or "sign"
+    correction: str = "bh"  # multiple-testing control: bh | by | bonferroni | none
+    alpha: float = 0.05  # significance level on the corrected q-values
+    min_frequency: float = 0.01  # test only features active in at least this fraction of responses
+    min_effect: float = 0.2  # significant also needs |effect| >= this (standardized effect d_z)
+    control_length: bool = False  # regress the chosen-rejected length difference out of each feature
+
+    def __post_init__(self):
+        if self.test not in TESTS:
+            raise ValueError(f"test must be one of {', '.join(TESTS)}; got {self.test!r}")
+        if self.correction not in METHODS:
+            raise ValueError(
+                f"correction must be one of {', '.join(METHODS)}; got {self.correction!r}"
+            )
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must satisfy 0 < alpha < 1; got {self.alpha!r}")
+        if not 0 <= self.min_frequency < 1:
+            raise ValueError(
+                f"min_frequency must satisfy 0 <= min_frequency < 1; got {self.min_frequency!r}"
+            )
+        if not self.min_effect >= 0:
+            raise ValueError(f"min_effect must be >= 0; got {self.min_effect!r}")
+
+    def run(self, chosen, rejected, length_diff=None) -> pd.DataFrame:
+        """One row per tested feature, sorted by p_value then feature.
+
+        Columns: feature, direction, effect, auroc, mean_diff, p_value, q_value,
+        significant, frequency, n_pos, n_neg, p_sign, p_wilcoxon, p_presence,
+        presence_chosen, presence_rejected, and with control_length also
+        effect_unadjusted, p_unadjusted.  `effect` is d_z, or with
+        control_length the length-adjusted mean difference over the residual
+        sd; `p_value` is the primary test's, or with control_length the
+        length-adjusted t test's.  `length_diff` (n_pairs,) is the token length
+        of chosen minus rejected, required when control_length is on.
+        """
+        if getattr(chosen, "shape", None) != getattr(rejected, "shape", None):
+            raise ValueError(
+                "chosen and rejected must have the same shape (n_pairs, n_features); got "
+                f"{getattr(chosen, 'shape', None)} and {getattr(rejected, 'shape', None)}"
+            )
+        if len(chosen.shape) != 2 or chosen.shape[0] < 2:
+            raise ValueError(
+                f"need a 2-D (n_pairs, n_features) input with n_pairs >= 2; got {chosen.shape}"
+            )
+        if self.control_length and length_diff is None:
+            raise ValueError("control_length is on but no length_diff was given")
+
+        freq = stats.frequency(chosen, rejected)
+        tested = np.flatnonzero(freq >= self.min_frequency)
+        D = stats.paired_difference(chosen, rejected)
+        if len(tested) < D.shape[1]:
+            D = D[:, tested]
+        n_pos, n_neg, p_sign = stats.sign_test(D)
+        _, _, p_wilcoxon = stats.wilcoxon(D)
+        b, c, p_presence = stats.presence_test(chosen, rejected)
+        eff = stats.effect_sizes(D)
+
+        effect = eff["std_effect"]
+        p_value = p_wilcoxon if self.test == "wilcoxon" else p_sign
+        extra = {}
+        if self.control_length:
+            fit = stats._length_ols(D, length_diff)
+            extra = {"effect_unadjusted": effect, "p_unadjusted": p_value}
+            sigma = fit["sigma"]
+            effect = np.divide(fit["intercept"], sigma, out=np.zeros_like(sigma), where=sigma > 0)
+            p_value = fit["p"]
+        q_value = adjust(p_value, self.correction)
+
+        table = pd.DataFrame(
+            {
+                "feature": tested.astype(np.int64),
+                "direction": np.where(effect > 0, "chosen", "rejected"),
+                "effect": effect,
+                "auroc": eff["auroc"],
+                "mean_diff": eff["mean_diff"],
+                "p_value": p_value,
+                "q_value": q_value,
+                "significant": (q_value <= self.alpha) & (np.abs(effect) >= self.min_effect),
+                "frequency": freq[tested],
+                "n_pos": n_pos.astype(np.int64),
+                "n_neg": n_neg.astype(np.int64),
+                "p_sign": p_sign,
+                "p_wilcoxon": p_wilcoxon,
+                "p_presence": p_presence[tested],
+                "presence_chosen": b[tested].astype(np.int64),
+                "presence_rejected": c[tested].astype(np.int64),
+                **extra,
+            }
+        )
+        order = np.lexsort((table["feature"].to_numpy(), table["p_value"].to_numpy()))
+        return table.iloc[order].reset_index(drop=True)
