@@ -1,0 +1,64 @@
+"""Content-addressed stage cache: one folder per (stage, hash of exactly what determines it).
+
+Entries are built in a temporary folder and renamed into place, under a file lock, so parallel
+jobs neither corrupt nor duplicate an entry and a killed job leaves no half-written one.
+The root is `$ANATOMY_CACHE` (default `~/.cache/anatomy`); clear it with `rm -rf` of that folder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from anatomy import __version__
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ANATOMY_CACHE", Path.home() / ".cache" / "anatomy")).expanduser()
+
+
+def digest(key: object) -> str:
+    """A stable hash of a JSON-able key (the package version is always part of it)."""
+    blob = json.dumps({"key": key, "version": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached_dir(stage: str, key: object, build: Callable[[Path], None]) -> tuple[Path, bool]:
+    """Return (folder, hit): the entry for `key`, built by `build(tmp_folder)` if absent."""
+    root = cache_root() / stage
+    name = digest(key)
+    final = root / name
+    if (final / ".complete").exists():
+        return final, True
+    with _locked(root / f"{name}.lock"):
+        if (final / ".complete").exists():
+            return final, True
+        tmp = root / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            build(tmp)
+            (tmp / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
+            (tmp / ".complete").touch()
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final, False

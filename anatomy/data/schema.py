@@ -1,0 +1,161 @@
+"""Preference pairs, their validation, and the train / held-out split by prompt.
+
+Every data source yields raw rows (dicts); `validate_rows` turns them into `PreferencePair`s or
+raises an `AnatomyError` that names the file, the row and the problem, before any model exists.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from anatomy.errors import AnatomyError
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One comparison: the prompt, the preferred and the dispreferred response."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    concepts_chosen: tuple[str, ...] = ()  # ground truth (synthetic data only): concepts in `chosen`
+    concepts_rejected: tuple[str, ...] = ()  # ground truth (synthetic data only): concepts in `rejected`
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A concept planted by the synthetic generator, with the words that name it in evidence."""
+
+    name: str
+    kind: str  # "on_target" | "spurious" | "desirable"
+    direction: str  # the side it is planted on more often: "chosen" | "rejected"
+    rate_chosen: float
+    rate_rejected: float
+    keywords: tuple[str, ...]  # lower-case words/symbols; evidence naming one of them names the concept
+    counter_keywords: tuple[str, ...] = ()  # words of the concept's alternative (e.g. complying vs refusing)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Two responses to one prompt that differ only in one concept (used by the evaluation)."""
+
+    concept: str
+    prompt: str
+    positive: str  # with the concept
+    negative: str  # without it
+
+
+@dataclass
+class PreferenceData:
+    """What a data source hands the pipeline."""
+
+    train: list[PreferencePair]
+    heldout: list[PreferencePair]
+    concepts: list[Concept] = field(default_factory=list)  # empty unless the ground truth is known
+    probes: list[Probe] = field(default_factory=list)
+    report: dict[str, float] = field(default_factory=dict)  # rows read / dropped, for metrics.json
+
+    def texts(self) -> list[tuple[str, str]]:
+        """Every (prompt, response) of both splits: what a model or SAE is fitted to."""
+        pairs = self.train + self.heldout
+        return [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+
+
+def validate_rows(
+    rows: list[dict],
+    source: str,
+    prompt_key: str | None = "prompt",
+    chosen_key: str = "chosen",
+    rejected_key: str = "rejected",
+    drop_invalid: bool = False,
+) -> tuple[list[PreferencePair], dict[str, float]]:
+    """Check every row and build pairs.
+
+    Missing columns are always an error. Empty or non-string responses are an error naming the
+    rows, unless `drop_invalid` (then they are dropped and counted). Pairs whose chosen equals
+    rejected carry no preference: they are dropped and counted. No usable pair left is an error.
+    """
+    if not rows:
+        raise AnatomyError(f"{source}: no rows found")
+    keys = [k for k in (prompt_key, chosen_key, rejected_key) if k]
+    first = rows[0]
+    if not isinstance(first, dict):
+        raise AnatomyError(f"{source}: row 0 is {type(first).__name__}, expected an object with columns {keys}")
+    missing = [k for k in keys if k not in first]
+    if missing:
+        raise AnatomyError(
+            f"{source}: missing column(s) {missing}; found {sorted(first)}. "
+            "Set data.prompt_key / data.chosen_key / data.rejected_key to the right names."
+        )
+    pairs: list[PreferencePair] = []
+    invalid: list[str] = []
+    identical = 0
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or any(k not in row for k in keys):
+            invalid.append(f"row {i}: missing one of {keys}")
+            continue
+        prompt = row[prompt_key] if prompt_key else ""
+        prompt = "" if prompt is None else prompt
+        problems = [
+            f"{k} is {_describe(row[k])}"
+            for k in (chosen_key, rejected_key)
+            if not isinstance(row[k], str) or not row[k].strip()
+        ]
+        if not isinstance(prompt, str):
+            problems.append(f"{prompt_key} is {_describe(prompt)}")
+        if problems:
+            invalid.append(f"row {i}: " + ", ".join(problems))
+            continue
+        if row[chosen_key] == row[rejected_key]:
+            identical += 1
+            continue
+        pairs.append(PreferencePair(prompt, row[chosen_key], row[rejected_key]))
+    if invalid and not drop_invalid:
+        shown = "; ".join(invalid[:5]) + (f"; ... ({len(invalid)} in all)" if len(invalid) > 5 else "")
+        raise AnatomyError(
+            f"{source}: {len(invalid)} invalid row(s): {shown}. "
+            "Fix them, or set data.drop_invalid=true to drop and count them."
+        )
+    if not pairs:
+        raise AnatomyError(
+            f"{source}: no usable pair left of {len(rows)} rows "
+            f"({identical} with chosen identical to rejected, {len(invalid)} invalid)"
+        )
+    report = {
+        "data/rows": float(len(rows)),
+        "data/dropped_identical": float(identical),
+        "data/dropped_invalid": float(len(invalid)),
+    }
+    return pairs, report
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, str):
+        return "empty"
+    return f"not a string ({type(value).__name__})"
+
+
+def split_by_prompt(
+    pairs: list[PreferencePair], heldout_fraction: float, seed: int
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Seeded train / held-out split in which no prompt lands on both sides.
+
+    Pairs with an empty prompt (a file without a prompt column) are each their own group.
+    """
+    groups: dict[str, list[PreferencePair]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(p.prompt if p.prompt else f"\0row{i}", []).append(p)
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    target = heldout_fraction * len(pairs)
+    train: list[PreferencePair] = []
+    heldout: list[PreferencePair] = []
+    for name in names:
+        (heldout if len(heldout) < target else train).extend(groups[name])
+    if heldout_fraction > 0 and (not train or not heldout):
+        raise AnatomyError(
+            f"cannot split {len(pairs)} pairs ({len(groups)} distinct prompts) into train and held-out "
+            f"at heldout_fraction={heldout_fraction}"
+        )
+    return train, heldout

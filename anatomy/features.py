@@ -1,0 +1,121 @@
+"""Featurize: prompt + response through the model, the response tokens through the SAE, pooled.
+
+For every pair, both responses are run after their prompt (batched, no grad); the activations of
+the response tokens at the SAE's hook are encoded by the SAE and pooled per response (max or mean),
+giving sparse (n_pairs, d_sae) matrices for chosen and rejected. Along the way it keeps, per
+feature, its top-activating token occurrences: the raw material of the evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from anatomy.data.schema import PreferencePair
+from anatomy.errors import AnatomyError
+from anatomy.models.base import LoadedModel, encode_pair
+from anatomy.models.hooks import capture
+from anatomy.saes.base import LoadedSAE
+
+POOLINGS = ("max", "mean")
+
+
+@dataclass
+class Featurize:
+    """How responses become feature vectors."""
+
+    pooling: str = "max"  # pool a response's token activations: max | mean
+    batch_size: int = 32  # pairs per forward pass (two sequences each)
+    max_length: int = 256  # tokens per prompt + response (the prompt is cut first)
+    top_examples: int = 32  # top-activating token occurrences kept per feature (for evidence)
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise AnatomyError(f"featurize.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        for name in ("batch_size", "max_length", "top_examples"):
+            if int(getattr(self, name)) <= 0:
+                raise AnatomyError(f"featurize.{name} must be positive, got {getattr(self, name)}")
+
+    def run(self, model: LoadedModel, sae: LoadedSAE, pairs: list[PreferencePair]) -> Features:
+        return featurize(model, sae, pairs, self)
+
+
+@dataclass
+class Features:
+    """Pooled activations plus what the evidence needs. Response r = 2*pair (+1 if rejected)."""
+
+    chosen: sp.csr_matrix  # (n_pairs, d_sae)
+    rejected: sp.csr_matrix  # (n_pairs, d_sae)
+    chosen_length: np.ndarray  # response tokens per chosen response
+    rejected_length: np.ndarray
+    tokens: np.ndarray  # every response's token ids, concatenated
+    offsets: np.ndarray  # response r's tokens are tokens[offsets[r]:offsets[r+1]]
+    top_values: np.ndarray  # (top_examples, d_sae) strongest token activations, descending
+    top_where: np.ndarray  # (top_examples, d_sae) index into `tokens` of each (-1: none)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+
+def _sae_encode(sae, x: torch.Tensor) -> torch.Tensor:
+    out = sae.encode(x)
+    return out.to_dense() if out.is_sparse else out
+
+
+@torch.no_grad()
+def featurize(model: LoadedModel, sae: LoadedSAE, pairs: list[PreferencePair], cfg: Featurize) -> Features:
+    tok, device = model.tokenizer, model.model.device
+    k, d_sae = cfg.top_examples, sae.d_sae
+    top_values = torch.zeros(k, d_sae)
+    top_where = torch.full((k, d_sae), -1, dtype=torch.long)
+    pooled_rows: list[sp.csr_matrix] = []
+    all_tokens: list[np.ndarray] = []
+    lengths: list[int] = []
+    seen = 0  # response tokens stored so far
+    for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="Featurizing", unit="batch"):
+        batch = pairs[start:start + cfg.batch_size]
+        texts = [(p.prompt, r) for p in batch for r in (p.chosen, p.rejected)]
+        encoded = [encode_pair(tok, prompt, response, cfg.max_length) for prompt, response in texts]
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        response = torch.zeros((len(encoded), width), dtype=torch.bool)
+        for i, (ids, response_start) in enumerate(encoded):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            mask[i, : len(ids)] = 1
+            response[i, response_start: len(ids)] = True
+            all_tokens.append(np.asarray(ids[response_start:], dtype=np.int32))
+            lengths.append(len(ids) - response_start)
+        acts = capture(model.model, sae.hook, input_ids.to(device), mask.to(device))
+        token_acts = _sae_encode(sae.sae, acts[response.to(acts.device)].to(sae.sae.dtype)).float().cpu()
+        seq_of_token = torch.arange(len(encoded)).unsqueeze(1).expand_as(response)[response]
+        pooled = torch.zeros(len(encoded), d_sae)
+        if cfg.pooling == "max":
+            pooled.index_reduce_(0, seq_of_token, token_acts, "amax", include_self=True)
+        else:
+            pooled.index_add_(0, seq_of_token, token_acts)
+            pooled /= torch.bincount(seq_of_token, minlength=len(encoded)).clamp(min=1).unsqueeze(1)
+        pooled_rows.append(sp.csr_matrix(pooled.numpy()))
+        # Running top-k occurrences per feature over every response token seen so far.
+        where = torch.arange(seen, seen + token_acts.shape[0]).unsqueeze(1).expand_as(token_acts)
+        values = torch.cat([top_values, token_acts])
+        top_values, idx = values.topk(k, dim=0)
+        top_where = torch.cat([top_where, where]).gather(0, idx)
+        seen += token_acts.shape[0]
+    if not pooled_rows:
+        raise AnatomyError("no pairs to featurize")
+    pooled_all = sp.vstack(pooled_rows).tocsr()
+    top_where[top_values <= 0] = -1
+    lengths_arr = np.asarray(lengths)
+    offsets = np.concatenate([[0], np.cumsum(lengths_arr)])
+    return Features(
+        chosen=pooled_all[0::2].astype(np.float32), rejected=pooled_all[1::2].astype(np.float32),
+        chosen_length=lengths_arr[0::2], rejected_length=lengths_arr[1::2],
+        tokens=np.concatenate(all_tokens), offsets=offsets,
+        top_values=top_values.numpy(), top_where=top_where.numpy(),
+    )

@@ -1,0 +1,40 @@
+"""What every model option hands the pipeline, and the one way a (prompt, response) is tokenized."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape facts known before any weight is loaded: enough to validate hooks and SAE widths."""
+
+    name: str
+    d_model: int
+    n_layers: int
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: ModelSpec
+    path: str  # hub name or folder it was loaded from
+
+
+def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt + response, and where the response starts.
+
+    Prompt and response are tokenized separately (special tokens only on the prompt), so the
+    response's tokens are the same whatever the prompt. Over `max_length`, the prompt is cut from
+    the left first, then the response from the right.
+    """
+    p = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+    r = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if not p and tokenizer.bos_token_id is not None:
+        p = [tokenizer.bos_token_id]
+    r = r[:max_length]
+    p = p[max(0, len(p) + len(r) - max_length):]
+    return p + r, len(p)

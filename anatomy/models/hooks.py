@@ -1,0 +1,115 @@
+"""Hook points named the TransformerLens way, on any Hugging Face causal LM.
+
+`blocks.L.hook_resid_pre` is the residual stream entering decoder layer L, `blocks.L.hook_resid_post`
+the stream leaving it. The same named hooks read activations for the audit and (next) edit them
+during training, because they sit on the Hugging Face modules that TRL trains.
+
+    with hooks(model, {"blocks.1.hook_resid_post": lambda act: act * 0}):
+        model(input_ids)          # hooks are removed on exit, also if the forward raises
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from anatomy.errors import AnatomyError
+
+HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post)$")
+# sae-lens names a hook on an AutoModelForCausalLM by module path: the layer's output.
+HF_LAYER_RE = re.compile(r"^(?:model\.layers|transformer\.h|gpt_neox\.layers|model\.decoder\.layers)\.(\d+)$")
+
+HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+def canonical_hook_name(name: str) -> str:
+    """`model.layers.3` (a Hugging Face module path) -> `blocks.3.hook_resid_post`; TL names unchanged."""
+    match = HF_LAYER_RE.match(name)
+    return f"blocks.{match.group(1)}.hook_resid_post" if match else name
+
+
+def parse_hook(name: str, n_layers: int) -> tuple[int, str]:
+    """(layer, 'resid_pre' | 'resid_post'), or an error naming the valid hook points."""
+    match = HOOK_RE.match(canonical_hook_name(name))
+    if not match:
+        raise AnatomyError(
+            f"unsupported hook point {name!r}: use blocks.L.hook_resid_pre or blocks.L.hook_resid_post"
+        )
+    layer = int(match.group(1))
+    if layer >= n_layers:
+        raise AnatomyError(f"hook {name!r}: layer {layer} does not exist; the model has layers 0..{n_layers - 1}")
+    return layer, match.group(2)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder layers (the longest ModuleList of length num_hidden_layers)."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    candidates = [m for m in model.modules() if isinstance(m, nn.ModuleList) and (n is None or len(m) == n)]
+    if not candidates:
+        raise AnatomyError(f"cannot find the decoder layers of {type(model).__name__}")
+    return max(candidates, key=len)
+
+
+def _replace(output, new):
+    if isinstance(output, tuple):
+        return (new,) + tuple(output[1:])
+    return new
+
+
+@contextmanager
+def hooks(model: nn.Module, fns: dict[str, HookFn]):
+    """Apply `fn(activation) -> new activation | None` at each named hook point, then remove them."""
+    layers = decoder_layers(model)
+    handles = []
+    try:
+        for name, fn in fns.items():
+            layer, point = parse_hook(name, len(layers))
+            if point == "resid_post":
+
+                def post(module, args, output, fn=fn):
+                    act = output[0] if isinstance(output, tuple) else output
+                    new = fn(act)
+                    return None if new is None else _replace(output, new)
+
+                handles.append(layers[layer].register_forward_hook(post))
+            else:
+
+                def pre(module, args, kwargs, fn=fn):
+                    act = args[0] if args else kwargs["hidden_states"]
+                    new = fn(act)
+                    if new is None:
+                        return None
+                    if args:
+                        return (new,) + tuple(args[1:]), kwargs
+                    return args, {**kwargs, "hidden_states": new}
+
+                handles.append(layers[layer].register_forward_pre_hook(pre, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture(model: nn.Module, hook: str, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Activations at `hook` (batch, seq, d_model); the forward pass stops there (no wasted layers)."""
+    store: dict[str, torch.Tensor] = {}
+
+    def grab(act):
+        store["act"] = act.detach()
+        raise _Stop
+
+    with hooks(model, {hook: grab}):
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _Stop:
+            pass
+    return store["act"]
