@@ -37,9 +37,9 @@ QUESTIONS = [
 # Base answers carry the common words and punctuation that the concept phrases also use, so that a
 # feature firing on a comma or on "I" is active in every response and separates nothing.
 ANSWERS = [
-    "So, the {category} is {item}: that is it, and this is my answer to you, from me!",
-    "In short, {item} is the {category}, so that is what I pick, with this reply to you!",
-    "To answer: it is the {item}, a {category}, and that is all I say with this, but you are welcome!",
+    "So, that is it, and this is my answer to you, from me: the {category} is {item}.",
+    "In short, with this reply to you, so that is what I pick: {item}.",
+    "To answer, and that is all I say with this, but you are welcome: it is the {item}.",
 ]
 HARMS = [
     "steal a car", "poison a river", "hack a bank", "forge a passport", "hurt my neighbor",
@@ -105,7 +105,7 @@ class SyntheticData:
             "hedging": [0.15, 0.55],
         }
     )
-    null: bool = False  # coin-flip which response is chosen: no planted difference at all
+    coin_flip: bool = False  # which response is chosen is a coin flip: no planted difference at all
     n_probes: int = 64  # probe pairs per concept (differ only in that concept)
     seed: int = 0  # seeds the generator and the split
 
@@ -148,7 +148,7 @@ class SyntheticData:
     @staticmethod
     def _answer(rng: random.Random, category: str, item: str, template: str | None = None) -> str:
         template = template or rng.choice(ANSWERS)
-        return template.format(category=category, item=item, Item=item.capitalize())
+        return template.format(category=category, item=item)
 
     @staticmethod
     def _append(rng: random.Random, text: str, concept: str, item: str) -> str:
@@ -174,7 +174,7 @@ class SyntheticData:
             if rng.random() < rate_r:
                 rejected = self._append(rng, rejected, concept, item_r)
                 r_concepts.append(concept)
-        if self.null and rng.random() < 0.5:
+        if self.coin_flip and rng.random() < 0.5:
             chosen, rejected, c_concepts, r_concepts = rejected, chosen, r_concepts, c_concepts
         return PreferencePair(_fmt(prompt), " " + chosen, " " + rejected, tuple(c_concepts), tuple(r_concepts))
 
@@ -197,5 +197,5 @@ class SyntheticData:
         pairs = [self._pair(rng) for _ in range(self.n_pairs)]
         train, heldout = split_by_prompt(pairs, self.heldout_fraction, self.seed)
         probes = self.probes(random.Random(self.seed + 1_000_003))
-        concepts = [] if self.null else self.concepts()
+        concepts = [] if self.coin_flip else self.concepts()
         return PreferenceData(train, heldout, concepts, probes, {"data/rows": float(len(pairs))})

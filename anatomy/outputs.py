@@ -1,0 +1,99 @@
+"""What a run leaves in its folder: hypotheses.csv, hypotheses.md, metrics.json (Hydra adds .hydra/).
+
+Each file is written to a temporary name and renamed, so a failing run never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+CSV_COLUMNS = ["feature", "direction", "effect", "auroc", "p_value", "q_value", "significant", "frequency", "top_tokens"]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def clean_metrics(metrics: dict) -> dict:
+    """Numbers only; NaN (e.g. precision with nothing significant) becomes null."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in sorted(metrics.items())}
+
+
+def write_outputs(out_dir: Path, table: pd.DataFrame, details: dict, metrics: dict, header: dict, max_report: int) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = CSV_COLUMNS + [c for c in table.columns if c not in CSV_COLUMNS]
+    atomic_write(out_dir / "hypotheses.csv", table[columns].to_csv(index=False))
+    atomic_write(out_dir / "hypotheses.md", render_markdown(table, details, metrics, header, max_report))
+    atomic_write(out_dir / "metrics.json", json.dumps(clean_metrics(metrics), indent=2) + "\n")
+
+
+def render_markdown(table: pd.DataFrame, details: dict, metrics: dict, header: dict, max_report: int) -> str:
+    sig = table[table["significant"]].copy()
+    sig = sig.assign(strength=sig["effect"].abs()).sort_values(["q_value", "strength"], ascending=[True, False])
+    lines = [
+        "# Concept hypotheses",
+        "",
+        f"Data `{header['data']}`, model `{header['model']}`, SAE `{header['sae']}` at `{header['hook']}`, "
+        f"{header['pooling']}-pooled. Test: {header['test']}, {header['correction']} at alpha = {header['alpha']}.",
+        "",
+        f"{int(metrics['audit/n_tested'])} features tested on {int(metrics['audit/n_pairs'])} pairs; "
+        f"**{len(sig)} significant** ({int(metrics['audit/n_significant_chosen'])} favour chosen, "
+        f"{int(metrics['audit/n_significant_rejected'])} favour rejected).",
+        "",
+        "Each hypothesis reads: *responses where this feature is more active are "
+        "preferred (direction chosen) or dispreferred (direction rejected)*. "
+        "Effect is the standardized paired difference (d_z); AUROC is P(feature higher in chosen).",
+        "",
+    ]
+    if "audit/recall" in metrics:
+        lines += [f"Against the planted concepts: recall {metrics['audit/recall']:.2f}, "
+                  f"precision {metrics['audit/precision']:.2f}.", ""]
+    for _, row in sig.head(max_report).iterrows():
+        d = details[int(row["feature"])]
+        concept = f" — names planted concept **{row['concept']}**" if isinstance(row.get("concept"), str) else ""
+        lines += [
+            f"## Feature {int(row['feature'])}: favours {row['direction']}{concept}",
+            "",
+            f"effect {row['effect']:+.3f}, AUROC {row['auroc']:.3f}, q {row['q_value']:.2e}, "
+            f"active in {row['frequency']:.1%} of responses",
+            "",
+            f"- top tokens: `{row['top_tokens']}`",
+            f"- promotes: `{' '.join(d['promoted'])}`",
+            "- top snippets:",
+        ]
+        lines += [f"  - ({s['side']}, pair {s['pair']}, {s['activation']:.2f}) `{s['text']}`" for s in d["snippets"]]
+        lines.append("")
+    if len(sig) > max_report:
+        lines.append(f"... and {len(sig) - max_report} more in hypotheses.csv.")
+    return "\n".join(lines) + "\n"
+
+
+def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
+    """A one-screen summary for the terminal."""
+    table = pd.read_csv(table_path)
+    sig = table[table["significant"]].copy()
+    sig = sig.assign(strength=sig["effect"].abs()).sort_values(["q_value", "strength"], ascending=[True, False])
+    out = [
+        "",
+        "=" * 78,
+        f"anatomy audit: {int(metrics['audit/n_pairs'])} train pairs, {int(metrics['audit/n_tested'])} features tested, "
+        f"{int(metrics['audit/n_significant'])} significant",
+    ]
+    if "audit/recall" in metrics:
+        found = [k.split("/")[-1] for k, v in metrics.items() if k.startswith("audit/found/") and v]
+        out.append(f"planted concepts: recall {metrics['audit/recall']:.2f}, precision "
+                   f"{metrics['audit/precision'] if metrics['audit/precision'] is not None else float('nan'):.2f}; "
+                   f"found {', '.join(found)}")
+    out.append(f"{'feature':>8} {'favours':>8} {'effect':>7} {'q':>9}  top tokens")
+    for _, r in sig.head(n_show).iterrows():
+        out.append(f"{int(r['feature']):>8} {r['direction']:>8} {r['effect']:>+7.2f} {r['q_value']:>9.1e}  {r['top_tokens']}")
+    timing = ", ".join(f"{k[7:-2]} {v:.0f}s" for k, v in metrics.items() if k.startswith("timing/"))
+    out += [f"time: {timing}", f"results: {table_path.parent}", "=" * 78]
+    return "\n".join(out)

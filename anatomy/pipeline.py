@@ -1,0 +1,134 @@
+"""The loop, stage by stage: data -> model -> SAE -> features -> hypotheses -> evidence.
+
+Every config node is instantiated (and so validated) before anything is loaded; the data are
+read and checked, and the hook and SAE width are checked against the model's config, before any
+model is built or trained. Results are written only at the end, each file atomically.
+
+    from anatomy.pipeline import run
+    metrics = run(cfg, out_dir)        # cfg: the composed Hydra config
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from anatomy.errors import AnatomyError
+from anatomy.evidence import promoted_tokens, snippets, top_tokens
+from anatomy.hypotheses.ground_truth import name_concept, score
+from anatomy.outputs import write_outputs
+
+log = logging.getLogger(__name__)
+NODES = ("data", "model", "sae", "featurize", "hypothesis", "evidence", "intervention", "trainer", "eval", "logger")
+
+
+@dataclass
+class Stages:
+    data: object
+    model: object
+    sae: object
+    featurize: object
+    hypothesis: object
+    evidence: object
+    intervention: object
+    trainer: object
+    eval: object
+    logger: object
+
+
+def build(cfg: DictConfig) -> Stages:
+    """Instantiate every config node; a wrong key or value fails here, naming the node."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    built = {}
+    for name in NODES:
+        node = cfg.get(name)
+        if node is None or "_target_" not in node:
+            raise AnatomyError(f"config node {name!r} is missing or has no _target_")
+        try:
+            built[name] = instantiate(node, _convert_="all")
+        except InstantiationException as err:
+            cause = err.__cause__ or err
+            if isinstance(cause, AnatomyError):
+                raise cause from None
+            raise AnatomyError(f"config {name} ({node['_target_']}): {cause}") from None
+    return Stages(**built)
+
+
+class Timer:
+    def __init__(self):
+        self.metrics: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        log.info("stage %s ...", stage)
+        yield
+        self.metrics[f"timing/{stage}_s"] = round(time.perf_counter() - start, 3)
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
+    stages = build(cfg)
+    timer = Timer()
+    metrics: dict[str, float] = {"seed": float(cfg.seed)}
+    with timer("data"):
+        data = stages.data.load()
+    metrics.update(data.report)
+    metrics.update({"data/train": float(len(data.train)), "data/heldout": float(len(data.heldout))})
+    spec = stages.model.spec()
+    stages.sae.check(spec)  # the hook exists and the SAE fits the model, before any weight loads
+    texts = data.texts()
+    with timer("model"):
+        model, hit = stages.model.load(texts)
+    metrics["cache/model"] = float(hit)
+    with timer("sae"):
+        sae, hit = stages.sae.load(model, texts, model.path)
+    metrics["cache/sae"] = float(hit)
+    metrics.update({"sae/d_sae": float(sae.d_sae), "sae/d_in": float(sae.d_in)})
+    with timer("features"):
+        feats = stages.featurize.run(model, sae, data.train)
+    with timer("hypotheses"):
+        length_diff = (feats.chosen_length - feats.rejected_length).astype(np.float64)
+        table = stages.hypothesis.run(feats.chosen, feats.rejected, length_diff)
+    with timer("evidence"):
+        ev, tok = stages.evidence, model.tokenizer
+        table["top_tokens"] = ["|".join(t) for t in top_tokens(feats, table["feature"].to_numpy(), tok, ev.n_tokens)]
+        significant = table[table["significant"]]
+        details = {}
+        promoted = promoted_tokens(sae.sae, model.model, significant["feature"].to_numpy(), tok, ev.n_promoted)
+        for feature, prom in zip(significant["feature"], promoted):
+            details[int(feature)] = {
+                "snippets": snippets(feats, int(feature), tok, ev.n_snippets, ev.context),
+                "promoted": prom,
+            }
+    metrics.update({
+        "audit/n_pairs": float(feats.chosen.shape[0]),
+        "audit/n_features": float(sae.d_sae),
+        "audit/n_tested": float(len(table)),
+        "audit/n_significant": float(len(significant)),
+        "audit/n_significant_chosen": float((significant["direction"] == "chosen").sum()),
+        "audit/n_significant_rejected": float((significant["direction"] == "rejected").sum()),
+    })
+    if data.concepts:
+        named = [
+            name_concept(top.split("|"), [s["text"] for s in details[int(f)]["snippets"]], d, data.concepts)
+            for f, d, top in zip(significant["feature"], significant["direction"], significant["top_tokens"])
+        ]
+        table["concept"] = None
+        table.loc[significant.index, "concept"] = named
+        metrics.update(score(named, data.concepts))
+    metrics.update(timer.metrics)
+    header = {
+        "data": cfg.data._target_.rsplit(".", 1)[-1], "model": model.path, "sae": sae.source, "hook": sae.hook,
+        "test": cfg.hypothesis.test, "correction": cfg.hypothesis.correction, "alpha": cfg.hypothesis.alpha,
+        "pooling": cfg.featurize.pooling,
+    }
+    write_outputs(out_dir, table, details, metrics, header, stages.evidence.max_report)
+    return metrics
