@@ -87,6 +87,8 @@ def _vocabulary(phrases: list[str]) -> tuple[str, ...]:
     words = set()
     for phrase in phrases:
         words.update(w.lower() for w in re.findall(r"[A-Za-z]+|[*#-]+", phrase.replace("{item}", " ")))
+        if "\n" in phrase:
+            words.add("\\n")  # a line break, as evidence shows it
     return tuple(sorted(words - STOPWORDS))
 
 
@@ -169,11 +171,14 @@ class SyntheticData:
             item_c, item_r = right, wrong
         for concept, (rate_c, rate_r) in self.rates.items():
             if rng.random() < rate_c:
-                chosen = self._append(rng, chosen, concept, item_c)
                 c_concepts.append(concept)
             if rng.random() < rate_r:
-                rejected = self._append(rng, rejected, concept, item_r)
                 r_concepts.append(concept)
+        # Appended in a random order, so no concept always sits in another's context.
+        for concept in rng.sample(c_concepts[1:], len(c_concepts) - 1):
+            chosen = self._append(rng, chosen, concept, item_c)
+        for concept in rng.sample(r_concepts, len(r_concepts)):
+            rejected = self._append(rng, rejected, concept, item_r)
         if self.coin_flip and rng.random() < 0.5:
             chosen, rejected, c_concepts, r_concepts = rejected, chosen, r_concepts, c_concepts
         return PreferencePair(_fmt(prompt), " " + chosen, " " + rejected, tuple(c_concepts), tuple(r_concepts))

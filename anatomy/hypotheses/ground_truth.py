@@ -39,7 +39,8 @@ def name_concept(top_tokens: list[str], snippets: list[str], direction: str, con
                 continue
             by_token = sum(_hits(w, vocab) for w in token_words)
             by_snippet = sum(_hits(w, vocab) for w in snippet_words) if c.kind != "on_target" else 0
-            score = by_token + (by_snippet if snippets and by_snippet * 2 >= len(snippets) else 0)
+            # A top token naming the concept outweighs any number of snippets.
+            score = 10 * by_token + (by_snippet if snippets and by_snippet * 2 >= len(snippets) else 0)
             if score > best_score:
                 best, best_score = c.name, score
     return best
