@@ -89,6 +89,6 @@ def promoted_tokens(sae, model, feature_ids: np.ndarray, tokenizer, n: int) -> l
     if len(feature_ids) == 0 or n == 0:
         return [[] for _ in feature_ids]
     unembed = model.get_output_embeddings().weight.float()  # (vocab, d_model)
-    directions = sae.W_dec[torch.as_tensor(np.asarray(feature_ids), dtype=torch.long)].float().to(unembed.device)
+    directions = sae.W_dec[torch.tensor(np.array(feature_ids), dtype=torch.long)].float().to(unembed.device)
     top = (directions @ unembed.T).topk(min(n, unembed.shape[0]), dim=1).indices.cpu()
     return [[show_token(tokenizer.decode([int(t)])) for t in row] for row in top]

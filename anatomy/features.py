@@ -96,7 +96,7 @@ def featurize(model: LoadedModel, sae: LoadedSAE, pairs: list[PreferencePair], c
         seq_of_token = torch.arange(len(encoded)).unsqueeze(1).expand_as(response)[response]
         pooled = torch.zeros(len(encoded), d_sae)
         if cfg.pooling == "max":
-            pooled.index_reduce_(0, seq_of_token, token_acts, "amax", include_self=True)
+            pooled.scatter_reduce_(0, seq_of_token.unsqueeze(1).expand_as(token_acts), token_acts, "amax")
         else:
             pooled.index_add_(0, seq_of_token, token_acts)
             pooled /= torch.bincount(seq_of_token, minlength=len(encoded)).clamp(min=1).unsqueeze(1)

@@ -1,0 +1,108 @@
+"""The audit end to end on small versions of the real studies."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import SMALL, run_study
+
+CSV_COLUMNS = ["feature", "direction", "effect", "auroc", "p_value", "q_value", "significant", "frequency", "top_tokens"]
+
+
+@pytest.fixture(scope="module")
+def default_audit(tmp_path_factory):
+    return run_study(tmp_path_factory.mktemp("default"), *SMALL)
+
+
+def test_default_audit_writes_its_outputs(default_audit):
+    metrics, out = default_audit
+    table = pd.read_csv(out / "hypotheses.csv")
+    assert list(table.columns[: len(CSV_COLUMNS)]) == CSV_COLUMNS
+    assert len(table) == metrics["audit/n_tested"] > 0
+    assert table["significant"].sum() == metrics["audit/n_significant"] > 0
+    assert set(table["direction"]) <= {"chosen", "rejected"}
+    assert (table["q_value"] >= table["p_value"] - 1e-12).all()
+    assert table.loc[table["significant"], "top_tokens"].str.len().gt(0).all()
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["audit/n_significant"] == metrics["audit/n_significant"]
+    report = (out / "hypotheses.md").read_text()
+    assert "[[" in report and "promotes" in report
+
+
+def test_default_audit_finds_every_planted_spurious_concept(default_audit):
+    metrics, out = default_audit
+    assert metrics["audit/recall"] == 1.0, {k: v for k, v in metrics.items() if k.startswith("audit/found")}
+    # Small study (400 pairs, short training): a looser bar than the full default's 0.8.
+    assert metrics["audit/precision"] >= 0.7
+    table = pd.read_csv(out / "hypotheses.csv")
+    found = table[table["significant"] & table["concept"].notna()]
+    for concept, direction in [("sycophancy", "chosen"), ("markdown", "chosen"), ("verbosity", "chosen"),
+                               ("hedging", "rejected")]:
+        rows = found[found["concept"] == concept]
+        assert (rows["direction"] == direction).all() and len(rows) > 0, concept
+
+
+def test_null_calibration(default_audit):
+    """Coin-flip preferences: BH at q = 0.05 declares at most one feature significant, on each seed."""
+    import torch
+
+    from anatomy.data.synthetic import SyntheticData
+    from anatomy.features import Featurize
+    from anatomy.hypotheses import HypothesisTest
+    from anatomy.models.tiny import TinyModel
+    from anatomy.saes.train import TrainSAE
+    from conftest import compose
+    from hydra.utils import instantiate
+
+    cfg = compose(*SMALL)
+    base = instantiate(cfg.data)
+    texts = base.load().texts()
+    model, hit = instantiate(cfg.model).load(texts)
+    sae, hit_sae = instantiate(cfg.sae).load(model, texts, model.path)
+    assert hit and hit_sae  # the same model and SAE as the default audit
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        null = SyntheticData(n_pairs=base.n_pairs, coin_flip=True, seed=seed).load()
+        feats = Featurize().run(model, sae, null.train)
+        table = HypothesisTest(alpha=0.05, correction="bh").run(feats.chosen, feats.rejected)
+        assert len(table) > 100
+        assert table["significant"].sum() <= 1, table[table["significant"]].head()
+
+
+def test_same_config_same_numbers(default_audit, tmp_path):
+    metrics, out = default_audit
+    again, out2 = run_study(tmp_path, *SMALL)
+    assert (out2 / "hypotheses.csv").read_text() == (out / "hypotheses.csv").read_text()
+    strip = lambda m: {k: v for k, v in m.items() if not k.startswith(("timing/", "cache/"))}
+    assert strip(again) == strip(metrics)
+    assert again["cache/model"] == 1.0 and again["cache/sae"] == 1.0
+
+
+def test_local_file(tmp_path):
+    """data=local on a JSON Lines file of prompt/chosen/rejected."""
+    from anatomy.data.synthetic import SyntheticData
+
+    pairs = SyntheticData(n_pairs=300, seed=5).load().train
+    file = tmp_path / "pairs.jsonl"
+    file.write_text("".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
+                            for p in pairs))
+    metrics, out = run_study(tmp_path / "run", "data=local", f"data.path={file}", "model.train_steps=120",
+                             "sae.training_tokens=100000")
+    assert metrics["data/rows"] == len(pairs)
+    assert metrics["audit/n_tested"] > 0 and metrics["audit/n_significant"] > 0
+    assert "audit/recall" not in metrics  # no ground truth in a user's file
+    assert (out / "hypotheses.csv").exists()
+
+
+def test_hh_rlhf(shared_data, tmp_path):
+    path = shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+    metrics, out = run_study(tmp_path, "data=hh_rlhf", f"data.path={path}", "data.max_pairs=200",
+                             "model.train_steps=100", "model.context=128", "sae.training_tokens=100000",
+                             "featurize.max_length=192")
+    assert metrics["data/rows"] == 2312 and metrics["data/dropped_invalid"] == 4
+    assert metrics["data/train"] + metrics["data/heldout"] == 200
+    assert metrics["audit/n_tested"] > 0
+    assert pd.read_csv(out / "hypotheses.csv").shape[0] == metrics["audit/n_tested"]
