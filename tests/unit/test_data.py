@@ -1,0 +1,498 @@
+"""anatomy.data: reading files, validating rows, the split by prompt, synthetic and HH-RLHF data.
+
+All fast: no model is built here. The HH-RLHF file test needs ../shared/data (skipped without it).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from anatomy.data.files import read_rows
+from anatomy.data.hh_rlhf import MARKER, HHRLHFData, split_dialogue
+from anatomy.data.local import LocalData
+from anatomy.data.schema import PreferencePair, split_by_prompt, validate_rows
+from anatomy.data.synthetic import SPURIOUS_PHRASES, SyntheticData
+from anatomy.errors import AnatomyError
+
+# Rows with awkward content: a comma, quotes, a line break, non-ASCII text.
+ROWS = [
+    {"prompt": "Say hi", "chosen": "Hi, there!", "rejected": "no"},
+    {"prompt": 'He said "yes"', "chosen": "line one\nline two", "rejected": "nope"},
+    {"prompt": "Café?", "chosen": "Oui — café ☕", "rejected": "Non"},
+]
+
+
+def _write(path: Path, rows: list[dict], fmt: str, gz: bool) -> Path:
+    if fmt == "jsonl":
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    elif fmt == "json":
+        data = json.dumps(rows, ensure_ascii=False).encode()
+    elif fmt == "csv":
+        data = pd.DataFrame(rows).to_csv(index=False).encode()
+    elif fmt == "parquet":
+        import io
+
+        buf = io.BytesIO()
+        pd.DataFrame(rows).to_parquet(buf, index=False)
+        data = buf.getvalue()
+    else:
+        raise ValueError(fmt)
+    if gz:
+        data = gzip.compress(data)
+        path = path.with_name(path.name + ".gz")
+    path.write_bytes(data)
+    return path
+
+
+# -- read_rows ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])
+def test_read_rows_round_trips_every_format(tmp_path, fmt, gz):
+    path = _write(tmp_path / f"pairs.{fmt}", ROWS, fmt, gz)
+    assert path.name.endswith(".gz") == gz
+    rows = read_rows(str(path))
+    assert [dict(r) for r in rows] == ROWS
+
+
+@pytest.mark.parametrize("name,fmt", [("pairs.ndjson", "jsonl"), ("pairs.PQ", "parquet"), ("PAIRS.CSV.GZ", "csv")])
+def test_read_rows_detects_other_extensions(tmp_path, name, fmt):
+    gz = name.lower().endswith(".gz")
+    path = _write(tmp_path / "x", ROWS, fmt, gz)
+    target = tmp_path / name
+    path.rename(target)
+    assert [dict(r) for r in read_rows(str(target))] == ROWS
+
+
+def test_read_rows_explicit_format_overrides_the_name(tmp_path):
+    path = _write(tmp_path / "pairs.jsonl", ROWS, "jsonl", False)
+    target = tmp_path / "pairs.txt"
+    path.rename(target)
+    with pytest.raises(AnatomyError, match="cannot tell the format"):
+        read_rows(str(target))
+    assert read_rows(str(target), "jsonl") == ROWS
+    with pytest.raises(AnatomyError, match=r"data.format must be one of .*'xml'"):
+        read_rows(str(target), "xml")
+
+
+def test_read_rows_csv_keeps_empty_cells_as_strings(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("prompt,chosen,rejected\n,NA,\nnull,a,b\n")
+    rows = read_rows(str(path))
+    # No NaN: "NA" / "null" stay text, an empty cell is "" (validation then flags it).
+    assert rows == [{"prompt": "", "chosen": "NA", "rejected": ""}, {"prompt": "null", "chosen": "a", "rejected": "b"}]
+
+
+def test_read_rows_skips_blank_jsonl_lines_and_names_a_broken_one(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n\n   \n" + json.dumps(ROWS[1]) + "\n")
+    assert read_rows(str(path)) == ROWS[:2]
+    path.write_text(json.dumps(ROWS[0]) + "\n\n{broken\n")
+    with pytest.raises(AnatomyError, match=r"line 3 does not parse as JSON"):
+        read_rows(str(path))
+
+
+def test_read_rows_errors(tmp_path):
+    with pytest.raises(AnatomyError, match=r"nope\.jsonl.*does not exist"):
+        read_rows(str(tmp_path / "nope.jsonl"))
+    obj = tmp_path / "obj.json"
+    obj.write_text(json.dumps({"chosen": "a", "rejected": "b"}))
+    with pytest.raises(AnatomyError, match="expected a JSON array of objects, got dict"):
+        read_rows(str(obj))
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{]")
+    with pytest.raises(AnatomyError, match="does not parse as JSON"):
+        read_rows(str(bad))
+    not_gz = tmp_path / "pairs.jsonl.gz"
+    not_gz.write_text(json.dumps(ROWS[0]))
+    with pytest.raises(AnatomyError, match=r"cannot read it .*gzip"):
+        read_rows(str(not_gz))
+    bad_pq = tmp_path / "pairs.parquet"
+    bad_pq.write_bytes(b"PAR1 this is not parquet PAR1")
+    with pytest.raises(AnatomyError, match="does not parse as parquet"):
+        read_rows(str(bad_pq))
+
+
+# -- validate_rows -----------------------------------------------------------------------------
+
+
+def test_validate_rows_builds_pairs_and_a_report():
+    pairs, report = validate_rows(ROWS, "src")
+    assert pairs == [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in ROWS]
+    assert report == {"data/rows": 3.0, "data/dropped_identical": 0.0, "data/dropped_invalid": 0.0}
+
+
+def test_validate_rows_custom_keys_and_no_prompt():
+    rows = [{"q": "p", "good": "a", "bad": "b"}, {"q": None, "good": "c", "bad": "d"}]
+    pairs, _ = validate_rows(rows, "src", "q", "good", "bad")
+    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [("p", "a", "b"), ("", "c", "d")]
+    pairs, _ = validate_rows([{"chosen": "a", "rejected": "b"}], "src", prompt_key=None)
+    assert pairs[0].prompt == ""
+
+
+def test_validate_rows_missing_column_names_it():
+    with pytest.raises(AnatomyError) as err:
+        validate_rows([{"prompt": "p", "answer": "a", "rejected": "b"}], "pairs.jsonl")
+    msg = str(err.value)
+    assert "pairs.jsonl" in msg and "['chosen']" in msg and "found ['answer', 'prompt', 'rejected']" in msg
+    assert "data.chosen_key" in msg
+
+
+def test_validate_rows_no_rows_and_non_object_rows():
+    with pytest.raises(AnatomyError, match="src: no rows found"):
+        validate_rows([], "src")
+    with pytest.raises(AnatomyError, match="row 0 is list"):
+        validate_rows([["a", "b"]], "src")
+
+
+def test_validate_rows_invalid_rows_are_named_or_dropped_and_counted():
+    rows = [
+        {"prompt": "p0", "chosen": "a", "rejected": "b"},
+        {"prompt": "p1", "chosen": "", "rejected": "b"},
+        {"prompt": "p2", "chosen": "a", "rejected": 7},
+        {"prompt": "p3", "chosen": "   ", "rejected": None},
+        {"prompt": 5, "chosen": "a", "rejected": "b"},
+        {"prompt": "p5", "chosen": "a"},
+        {"prompt": "p6", "chosen": "c", "rejected": "d"},
+    ]
+    with pytest.raises(AnatomyError) as err:
+        validate_rows(rows, "src")
+    msg = str(err.value)
+    assert "5 invalid row(s)" in msg
+    assert "row 1: chosen is empty" in msg
+    assert "row 2: rejected is not a string (int)" in msg
+    assert "row 3: chosen is empty, rejected is not a string (NoneType)" in msg
+    assert "row 4: prompt is not a string (int)" in msg
+    assert "row 5: missing one of" in msg
+    assert "row 0" not in msg and "row 6" not in msg
+    assert "data.drop_invalid=true" in msg
+
+    pairs, report = validate_rows(rows, "src", drop_invalid=True)
+    assert [p.prompt for p in pairs] == ["p0", "p6"]
+    assert report == {"data/rows": 7.0, "data/dropped_identical": 0.0, "data/dropped_invalid": 5.0}
+
+
+def test_validate_rows_shows_at_most_five_invalid_rows():
+    rows = [{"prompt": f"p{i}", "chosen": "", "rejected": "b"} for i in range(8)] + [ROWS[0]]
+    with pytest.raises(AnatomyError) as err:
+        validate_rows(rows, "src")
+    msg = str(err.value)
+    assert "8 invalid row(s)" in msg and "(8 in all)" in msg
+    assert "row 4: chosen is empty" in msg and "row 5:" not in msg
+
+
+def test_validate_rows_identical_pairs_are_dropped_and_counted():
+    rows = ROWS + [{"prompt": "p", "chosen": "same", "rejected": "same"}] * 2
+    pairs, report = validate_rows(rows, "src")
+    assert len(pairs) == 3
+    assert report["data/dropped_identical"] == 2.0 and report["data/rows"] == 5.0
+    with pytest.raises(AnatomyError, match=r"no usable pair left of 2 rows \(2 with chosen identical to rejected, 0 invalid\)"):
+        validate_rows(rows[3:], "src")
+    with pytest.raises(AnatomyError, match=r"no usable pair left of 2 rows \(1 with chosen identical to rejected, 1 invalid\)"):
+        validate_rows([rows[3], {"prompt": "q", "chosen": "", "rejected": "x"}], "src", drop_invalid=True)
+
+
+# -- split_by_prompt ---------------------------------------------------------------------------
+
+
+def _grouped_pairs(n_prompts=40, per_prompt=(1, 2, 3)) -> list[PreferencePair]:
+    pairs = []
+    for i in range(n_prompts):
+        for j in range(per_prompt[i % len(per_prompt)]):
+            pairs.append(PreferencePair(f"prompt {i}", f"good {i}.{j}", f"bad {i}.{j}"))
+    return pairs
+
+
+def test_split_by_prompt_keeps_each_prompt_on_one_side():
+    pairs = _grouped_pairs()
+    train, heldout = split_by_prompt(pairs, 0.25, seed=0)
+    assert sorted(map(repr, train + heldout)) == sorted(map(repr, pairs))
+    assert not {p.prompt for p in train} & {p.prompt for p in heldout}
+    # Fills the held-out side up to the fraction, overshooting by less than one group (<= 3 pairs).
+    target = 0.25 * len(pairs)
+    assert target <= len(heldout) < target + 3
+
+
+def test_split_by_prompt_is_seeded():
+    pairs = _grouped_pairs()
+    a = split_by_prompt(pairs, 0.25, seed=3)
+    assert split_by_prompt(pairs, 0.25, seed=3) == a
+    # The input order does not matter: which prompts are held out depends on the seed only.
+    assert {p.prompt for p in split_by_prompt(pairs[::-1], 0.25, seed=3)[1]} == {p.prompt for p in a[1]}
+    b = split_by_prompt(pairs, 0.25, seed=4)
+    assert {p.prompt for p in b[1]} != {p.prompt for p in a[1]}
+
+
+def test_split_by_prompt_rows_without_prompt_are_their_own_groups():
+    pairs = [PreferencePair("", f"good {i}", f"bad {i}") for i in range(20)]
+    train, heldout = split_by_prompt(pairs, 0.25, seed=0)
+    assert (len(train), len(heldout)) == (15, 5)
+    assert not {p.chosen for p in train} & {p.chosen for p in heldout}
+    # Mixed: the empty-prompt rows still split, the named prompt stays whole.
+    mixed = pairs + [PreferencePair("shared", f"g{i}", f"b{i}") for i in range(4)]
+    train, heldout = split_by_prompt(mixed, 0.5, seed=1)
+    sides = {("train" if p in train else "heldout") for p in mixed if p.prompt == "shared"}
+    assert len(sides) == 1
+    assert any(p.prompt == "" for p in train) and any(p.prompt == "" for p in heldout)
+
+
+def test_split_by_prompt_zero_fraction_and_impossible_split():
+    pairs = _grouped_pairs(5)
+    train, heldout = split_by_prompt(pairs, 0.0, seed=0)
+    assert heldout == [] and len(train) == len(pairs)
+    same = [PreferencePair("only", f"g{i}", f"b{i}") for i in range(10)]
+    with pytest.raises(AnatomyError, match=r"cannot split 10 pairs \(1 distinct prompts\)"):
+        split_by_prompt(same, 0.2, seed=0)
+
+
+# -- LocalData -----------------------------------------------------------------------------------
+
+
+def test_local_data_loads_a_file_end_to_end(tmp_path):
+    rows = [{"prompt": f"p{i // 2}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(40)]
+    rows.append({"prompt": "p99", "chosen": "x", "rejected": "x"})
+    path = _write(tmp_path / "pairs.csv", rows, "csv", True)
+    data = LocalData(path=str(path), max_pairs=30, seed=1).load()
+    assert data.report["data/rows"] == 41.0 and data.report["data/dropped_identical"] == 1.0
+    assert data.report["data/pairs"] == 30.0
+    assert len(data.train) + len(data.heldout) == 30
+    assert data.report["data/train"] == len(data.train) and data.report["data/heldout"] == len(data.heldout)
+    assert not {p.prompt for p in data.train} & {p.prompt for p in data.heldout}
+    again = LocalData(path=str(path), max_pairs=30, seed=1).load()
+    assert again.train == data.train and again.heldout == data.heldout
+
+
+def test_local_data_without_a_prompt_column(tmp_path):
+    rows = [{"chosen": f"c{i}", "rejected": f"r{i}"} for i in range(10)]
+    path = _write(tmp_path / "pairs.jsonl", rows, "jsonl", False)
+    data = LocalData(path=str(path)).load()
+    assert len(data.train) + len(data.heldout) == 10
+    assert all(p.prompt == "" for p in data.train + data.heldout)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"format": "xml"}, "data.format must be one of"),
+        ({"heldout_fraction": 1.0}, r"data.heldout_fraction must be in \[0, 1\), got 1.0"),
+        ({"max_pairs": 1}, "data.max_pairs must be >= 2 or null, got 1"),
+    ],
+)
+def test_local_data_rejects_bad_settings(kwargs, match):
+    with pytest.raises(AnatomyError, match=match):
+        LocalData(path="x.jsonl", **kwargs)
+
+
+# -- SyntheticData -------------------------------------------------------------------------------
+
+
+def _has_phrase(text: str, concept: str) -> bool:
+    """Whether `text` carries one of the concept's appended phrases ({item} stripped)."""
+    return any(part and part in text for phrase in SPURIOUS_PHRASES[concept] for part in phrase.split("{item}")[:1])
+
+
+@pytest.fixture(scope="module")
+def synthetic_2000():
+    gen = SyntheticData(n_pairs=2000, seed=0)
+    return gen, gen.load()
+
+
+def test_synthetic_is_deterministic_for_a_seed():
+    a, b = SyntheticData(n_pairs=100, seed=7).load(), SyntheticData(n_pairs=100, seed=7).load()
+    assert a.train == b.train and a.heldout == b.heldout and a.probes == b.probes and a.concepts == b.concepts
+    c = SyntheticData(n_pairs=100, seed=8).load()
+    assert c.train + c.heldout != a.train + a.heldout
+    assert a.report == {"data/rows": 100.0}
+    assert len(a.train) + len(a.heldout) == 100 and len(a.heldout) >= 20
+    assert not {p.prompt for p in a.train} & {p.prompt for p in a.heldout}
+
+
+def test_synthetic_every_pair_records_its_concepts(synthetic_2000):
+    gen, data = synthetic_2000
+    pairs = data.train + data.heldout
+    assert len(pairs) == 2000
+    for p in pairs:
+        # Exactly one of the two base concepts, always on the chosen side (coin_flip=False).
+        assert p.concepts_chosen[0] in ("correct_answer", "refusal")
+        assert not {"correct_answer", "refusal"} & set(p.concepts_rejected)
+        assert len(set(p.concepts_chosen)) == len(p.concepts_chosen)
+        assert len(set(p.concepts_rejected)) == len(p.concepts_rejected)
+        for concept in SPURIOUS_PHRASES:
+            assert (concept in p.concepts_chosen) == _has_phrase(p.chosen, concept), (concept, p.chosen)
+            assert (concept in p.concepts_rejected) == _has_phrase(p.rejected, concept), (concept, p.rejected)
+        if p.concepts_chosen[0] == "refusal":
+            assert p.prompt.startswith("Question: ") and any(w in p.chosen for w in ("cannot", "refuse"))
+
+
+def test_synthetic_rates_are_roughly_respected(synthetic_2000):
+    gen, data = synthetic_2000
+    pairs = data.train + data.heldout
+    n = len(pairs)
+    in_chosen = Counter(c for p in pairs for c in p.concepts_chosen)
+    in_rejected = Counter(c for p in pairs for c in p.concepts_rejected)
+    for concept, (rate_c, rate_r) in gen.rates.items():
+        assert abs(in_chosen[concept] / n - rate_c) < 0.04, (concept, in_chosen[concept] / n, rate_c)
+        assert abs(in_rejected[concept] / n - rate_r) < 0.04, (concept, in_rejected[concept] / n, rate_r)
+    assert abs(in_chosen["refusal"] / n - gen.harmful_fraction) < 0.04
+    assert in_chosen["correct_answer"] + in_chosen["refusal"] == n
+    # The ground truth handed to the scorer mirrors the rates.
+    by_name = {c.name: c for c in data.concepts}
+    assert set(by_name) == {"correct_answer", "refusal", *gen.rates}
+    assert by_name["hedging"].direction == "rejected" and by_name["sycophancy"].direction == "chosen"
+    assert (by_name["markdown"].rate_chosen, by_name["markdown"].rate_rejected) == tuple(gen.rates["markdown"])
+    assert all(c.kind == "spurious" for name, c in by_name.items() if name in gen.rates)
+
+
+def test_synthetic_custom_rates():
+    data = SyntheticData(n_pairs=500, rates={"markdown": [1.0, 0.0]}, seed=2).load()
+    pairs = data.train + data.heldout
+    assert all("markdown" in p.concepts_chosen and "markdown" not in p.concepts_rejected for p in pairs)
+    assert all(not _has_phrase(p.chosen, "sycophancy") for p in pairs)
+    assert [c.name for c in data.concepts] == ["correct_answer", "refusal", "markdown"]
+
+
+def test_synthetic_coin_flip_balances_concepts():
+    data = SyntheticData(n_pairs=2000, coin_flip=True, seed=0).load()
+    pairs = data.train + data.heldout
+    n = len(pairs)
+    assert data.concepts == []  # no planted difference to recover
+    in_chosen = Counter(c for p in pairs for c in p.concepts_chosen)
+    in_rejected = Counter(c for p in pairs for c in p.concepts_rejected)
+    for concept in ("sycophancy", "markdown", "verbosity", "hedging", "correct_answer", "refusal"):
+        assert abs(in_chosen[concept] - in_rejected[concept]) / n < 0.06, (concept, in_chosen[concept], in_rejected[concept])
+    # Still consistent: the recorded concepts follow their text when sides are swapped.
+    for p in pairs[:300]:
+        for concept in SPURIOUS_PHRASES:
+            assert (concept in p.concepts_chosen) == _has_phrase(p.chosen, concept)
+    # Without the coin flip the same concepts are far from balanced.
+    plain = SyntheticData(n_pairs=2000, seed=0).load()
+    plain_pairs = plain.train + plain.heldout
+    syc = sum("sycophancy" in p.concepts_chosen for p in plain_pairs) - sum("sycophancy" in p.concepts_rejected for p in plain_pairs)
+    assert syc / n > 0.4
+
+
+def test_synthetic_probes_differ_only_in_their_concept():
+    gen = SyntheticData(n_pairs=20, n_probes=16, seed=0)
+    probes = gen.load().probes
+    counts = Counter(p.concept for p in probes)
+    assert counts == {c: 16 for c in ["correct_answer", "refusal", *gen.rates]}
+    for probe in probes:
+        assert probe.positive != probe.negative
+        assert probe.prompt.startswith("Question: ") and probe.prompt.endswith("\nAnswer:")
+        if probe.concept in SPURIOUS_PHRASES:
+            assert probe.positive.startswith(probe.negative)
+            added = probe.positive[len(probe.negative):]
+            phrases = [ph.format(item=re.sub(r"\W", "", probe.negative.split()[-1])) for ph in SPURIOUS_PHRASES[probe.concept]]
+            assert added in phrases or added[1:] in phrases, (probe.concept, added)
+            assert _has_phrase(probe.positive, probe.concept) and not _has_phrase(probe.negative, probe.concept)
+            for other in SPURIOUS_PHRASES:
+                if other != probe.concept:
+                    assert not _has_phrase(probe.positive, other)
+        elif probe.concept == "correct_answer":
+            # Same template, only the named item differs.
+            pos, neg = probe.positive.split(), probe.negative.split()
+            assert len(pos) == len(neg) and sum(a != b for a, b in zip(pos, neg)) == 1
+    # Probes of one round share their prompt: the spurious ones and correct_answer are built on one question.
+    first_round = probes[: 2 + len(gen.rates)]
+    assert len({p.prompt for p in first_round if p.concept != "refusal"}) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"n_pairs": 5}, "data.n_pairs must be >= 10, got 5"),
+        ({"harmful_fraction": 1.5}, r"data.harmful_fraction must be in \[0, 1\)"),
+        ({"rates": {"flattery": [0.5, 0.5]}}, "unknown concept 'flattery'"),
+        ({"rates": {"markdown": [0.5]}}, r"data.rates.markdown must be \[rate_chosen, rate_rejected\]"),
+        ({"rates": {"markdown": [0.5, 1.5]}}, r"data.rates.markdown must be"),
+    ],
+)
+def test_synthetic_rejects_bad_settings(kwargs, match):
+    with pytest.raises(AnatomyError, match=match):
+        SyntheticData(**kwargs)
+
+
+# -- HH-RLHF -------------------------------------------------------------------------------------
+
+
+def _dialogue(turns: list[tuple[str, str]], last: str) -> str:
+    text = "".join(f"\n\nHuman: {h}\n\nAssistant: {a}" for h, a in turns)
+    return text + f"\n\nHuman: {last}\n\nAssistant:"
+
+
+def test_split_dialogue_cuts_at_the_last_assistant_turn():
+    text = _dialogue([("Hi", "Hello")], "How are you?") + " Fine, thanks."
+    prompt, response = split_dialogue(text)
+    assert prompt == "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: How are you?\n\nAssistant:"
+    assert response == " Fine, thanks."
+    assert split_dialogue("\n\nHuman: no assistant here") is None
+    assert split_dialogue(None) is None
+
+
+def _hh_rows(n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        prompt = _dialogue([(f"question {i}", f"earlier answer {i}")], f"follow-up {i}")
+        rows.append({"chosen": prompt + f" good reply {i}", "rejected": prompt + f" bad reply {i}"})
+    return rows
+
+
+def test_hh_rlhf_prompt_splitting_on_a_handmade_file(tmp_path):
+    rows = _hh_rows(10)
+    rows.append({"chosen": _dialogue([], "q") + " ", "rejected": _dialogue([], "q") + " bad"})  # empty final reply
+    rows.append({"chosen": "\n\nHuman: no marker at all", "rejected": _dialogue([], "x") + " y"})  # no Assistant turn
+    rows.append({"chosen": _dialogue([], "alpha") + " a", "rejected": _dialogue([], "beta") + " b"})  # prompts differ
+    path = _write(tmp_path / "hh.jsonl", rows, "jsonl", True)
+    data = HHRLHFData(path=str(path), max_pairs=None, seed=0).load()
+    pairs = data.train + data.heldout
+    assert data.report["data/rows"] == 13.0
+    assert data.report["data/dropped_invalid"] == 2.0
+    assert data.report["data/prompt_mismatch"] == 1.0
+    assert data.report["data/pairs"] == 11.0 and len(pairs) == 11
+    by_reply = {p.chosen: p for p in pairs}
+    p3 = by_reply[" good reply 3"]
+    assert p3.prompt == "\n\nHuman: question 3\n\nAssistant: earlier answer 3\n\nHuman: follow-up 3\n\nAssistant:"
+    assert p3.rejected == " bad reply 3"
+    assert all(p.prompt.endswith(MARKER) for p in pairs)
+    assert by_reply[" a"].prompt.endswith("alpha" + MARKER)  # a mismatched pair keeps chosen's prompt
+
+    with pytest.raises(AnatomyError, match=r"2 invalid row\(s\): row 10: chosen is empty; row 11: chosen is not a string"):
+        HHRLHFData(path=str(path), max_pairs=None, drop_invalid=False).load()
+    small = HHRLHFData(path=str(path), max_pairs=5, seed=0).load()
+    assert len(small.train) + len(small.heldout) == 5
+
+
+def test_hh_rlhf_row_without_the_fields(tmp_path):
+    path = _write(tmp_path / "hh.jsonl", _hh_rows(3) + [{"prompt": "p", "chosen": "c"}], "jsonl", False)
+    with pytest.raises(AnatomyError, match=r"row 3 lacks the 'chosen' / 'rejected' fields of HH-RLHF"):
+        HHRLHFData(path=str(path)).load()
+    with pytest.raises(AnatomyError, match=r"data.heldout_fraction must be in \[0, 1\)"):
+        HHRLHFData(path=str(path), heldout_fraction=-0.1)
+
+
+def test_hh_rlhf_harmless_base_test_file(shared_data):
+    path = shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+    data = HHRLHFData(path=str(path), max_pairs=None, seed=0).load()
+    pairs = data.train + data.heldout
+    assert data.report["data/rows"] == 2312.0
+    assert data.report["data/dropped_invalid"] == 4.0
+    assert data.report["data/pairs"] == 2308.0 and len(pairs) == 2308
+    assert all(p.prompt.endswith("\n\nAssistant:") for p in pairs)
+    assert all(p.prompt.startswith("\n\nHuman:") for p in pairs)
+    assert all(p.chosen.strip() and p.rejected.strip() and MARKER not in p.chosen for p in pairs)
+    assert not {p.prompt for p in data.train} & {p.prompt for p in data.heldout}
+    assert abs(len(data.heldout) / len(pairs) - 0.2) < 0.02
+    # Without drop_invalid the four rows are an error that names them.
+    with pytest.raises(AnatomyError, match=r"4 invalid row\(s\): row 86: chosen is empty"):
+        HHRLHFData(path=str(path), max_pairs=None, drop_invalid=False).load()
+    # The default caps the pairs with a seeded sample.
+    capped = HHRLHFData(path=str(path), seed=0).load()
+    assert len(capped.train) + len(capped.heldout) == 1000
