@@ -46,6 +46,7 @@ def build(cfg: DictConfig) -> Stages:
     """Instantiate every config node; a wrong key or value fails here, naming the node."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf.errors import MissingMandatoryValue
 
     built = {}
     for name in NODES:
@@ -54,6 +55,8 @@ def build(cfg: DictConfig) -> Stages:
             raise AnatomyError(f"config node {name!r} is missing or has no _target_")
         try:
             built[name] = instantiate(node, _convert_="all")
+        except MissingMandatoryValue as err:
+            raise AnatomyError(f"config {name}: {err.full_key or name} is required; set {err.full_key}=...") from None
         except InstantiationException as err:
             cause = err.__cause__ or err
             if isinstance(cause, AnatomyError):

@@ -43,12 +43,16 @@ class LocalSAE:
         if not cfg_file.exists():
             raise AnatomyError(f"sae.path={self.path!r}: no sae-lens cfg.json there")
         try:
-            return json.loads(cfg_file.read_text())
+            cfg = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as err:
             raise AnatomyError(f"sae.path={self.path!r}: cfg.json does not parse: {err}") from err
+        if not isinstance(cfg, dict) or "d_in" not in cfg:
+            raise AnatomyError(f"sae.path={self.path!r}: cfg.json has no d_in (not an SAE saved by sae-lens?)")
+        return cfg
 
     def _hook(self, cfg: dict) -> str:
-        hook = self.hook or cfg.get("metadata", {}).get("hook_name") or cfg.get("hook_name")
+        metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+        hook = self.hook or metadata.get("hook_name") or cfg.get("hook_name")
         if not hook:
             raise AnatomyError(f"sae.path={self.path!r}: cfg.json names no hook; set sae.hook")
         return hook

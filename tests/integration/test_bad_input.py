@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from omegaconf.errors import MissingMandatoryValue
 
 from anatomy.data.local import LocalData
 from anatomy.errors import AnatomyError
@@ -77,8 +76,8 @@ def test_missing_file(tmp_path, fresh_cache):
 
 
 def test_local_without_a_path_names_it(tmp_path, fresh_cache):
-    msg = fails(tmp_path, fresh_cache, "data=local", error=MissingMandatoryValue)
-    assert "data.path" in msg
+    msg = fails(tmp_path, fresh_cache, "data=local")
+    assert "data.path" in msg and "required" in msg
 
 
 # 2. a file that does not parse --------------------------------------------------------------------
@@ -269,11 +268,6 @@ def test_sae_folder_without_cfg(tmp_path, fresh_cache):
     assert str(folder) in msg and "cfg.json" in msg
 
 
-@pytest.mark.xfail(
-    reason="anatomy/saes/load.py LocalSAE.check reads cfg['d_in'] unguarded: a cfg.json without d_in "
-    "raises KeyError('d_in') instead of an AnatomyError naming the folder",
-    strict=True,
-)
 def test_sae_cfg_without_d_in(tmp_path, fresh_cache):
     folder = tmp_path / "sae_no_din"
     folder.mkdir()
