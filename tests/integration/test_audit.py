@@ -81,20 +81,26 @@ def test_same_config_same_numbers(default_audit, tmp_path):
     assert again["cache/model"] == 1.0 and again["cache/sae"] == 1.0
 
 
-def test_local_file(tmp_path):
-    """data=local on a JSON Lines file of prompt/chosen/rejected."""
-    from anatomy.data.synthetic import SyntheticData
+def test_local_file(default_audit, tmp_path):
+    """data=local on a JSON Lines file of prompt/chosen/rejected: the default study's own pairs, so
+    the same texts reuse the cached model and SAE, and the audit must find the same hypotheses."""
+    from hydra.utils import instantiate
 
-    pairs = SyntheticData(n_pairs=300, seed=5).load().train
+    from conftest import compose
+
+    data = instantiate(compose(*SMALL).data).load()
     file = tmp_path / "pairs.jsonl"
     file.write_text("".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
-                            for p in pairs))
-    metrics, out = run_study(tmp_path / "run", "data=local", f"data.path={file}", "model.train_steps=120",
-                             "sae.training_tokens=100000")
-    assert metrics["data/rows"] == len(pairs)
+                            for p in data.train + data.heldout))
+    small_model = [o for o in SMALL if not o.startswith("data.")]
+    metrics, out = run_study(tmp_path / "run", "data=local", f"data.path={file}", *small_model)
+    assert metrics["data/rows"] == len(data.train) + len(data.heldout)
+    assert metrics["data/train"] == len(data.train)
+    assert metrics["cache/model"] == 1.0 and metrics["cache/sae"] == 1.0
     assert metrics["audit/n_tested"] > 0 and metrics["audit/n_significant"] > 0
     assert "audit/recall" not in metrics  # no ground truth in a user's file
-    assert (out / "hypotheses.csv").exists()
+    table = pd.read_csv(out / "hypotheses.csv")
+    assert len(table) == metrics["audit/n_tested"]
 
 
 def test_hh_rlhf(shared_data, tmp_path):

@@ -312,13 +312,13 @@ def _run_folders(tmp_path: Path) -> set[Path]:
 
 @pytest.mark.slow
 def test_failing_run_overwrites_nothing(tmp_path):
-    # threads=1: on a busy 2-core machine torch's default (all cores) is several times slower.
-    ok = _cli(tmp_path, *SMALL, "data.n_pairs=200", "threads=1")
+    # The same small study as tests/integration/test_audit.py: its model and SAE are built once.
+    ok = _cli(tmp_path, *SMALL)
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
     (first,) = _run_folders(tmp_path)
     files = ["hypotheses.csv", "metrics.json", ".hydra/config.yaml"]
     before = {name: (first / name).read_bytes() for name in files}
-    assert json.loads(before["metrics.json"])["data/rows"] == 200.0
+    assert json.loads(before["metrics.json"])["data/rows"] == 400.0
 
     bad = _cli(tmp_path, "data=local", "data.path=missing.jsonl")
     assert bad.returncode != 0
