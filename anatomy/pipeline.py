@@ -20,12 +20,16 @@ import numpy as np
 from omegaconf import DictConfig
 
 from anatomy.errors import AnatomyError
+from anatomy.eval import NoEval
+from anatomy.interventions import NoIntervention
+from anatomy.interventions.plan import Plan
 from anatomy.evidence import promoted_tokens, snippets, top_tokens
 from anatomy.hypotheses.ground_truth import name_concept, score
 from anatomy.outputs import write_outputs
 
 log = logging.getLogger(__name__)
-NODES = ("data", "model", "sae", "featurize", "hypothesis", "evidence", "intervention", "trainer", "eval", "logger")
+NODES = ("data", "model", "sae", "featurize", "hypothesis", "evidence", "select", "intervention", "trainer", "eval",
+         "logger")
 
 
 @dataclass
@@ -36,6 +40,7 @@ class Stages:
     featurize: object
     hypothesis: object
     evidence: object
+    select: object
     intervention: object
     trainer: object
     eval: object
@@ -62,7 +67,17 @@ def build(cfg: DictConfig) -> Stages:
             if isinstance(cause, AnatomyError):
                 raise cause from None
             raise AnatomyError(f"config {name} ({node['_target_']}): {cause}") from None
-    return Stages(**built)
+    stages = Stages(**built)
+    trains = getattr(stages.trainer, "enabled", False)
+    acts = not isinstance(stages.intervention, NoIntervention)
+    if acts and not trains:
+        raise AnatomyError("an intervention needs a trainer: set trainer=dpo (or trainer=reward_model), or intervention=none")
+    if acts and not (stages.select.block or stages.select.amplify or stages.select.verdicts):
+        raise AnatomyError(f"intervention={cfg.intervention._target_.rsplit('.', 1)[-1]} acts on selected concepts: "
+                           "set select.block=[...], select.amplify=[...] or select.verdicts=FILE")
+    if trains and isinstance(stages.eval, NoEval):
+        log.warning("trainer is set but eval=none: the trained model is saved, nothing is measured")
+    return stages
 
 
 class Timer:
@@ -85,6 +100,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         data = stages.data.load()
     metrics.update(data.report)
     metrics.update({"data/train": float(len(data.train)), "data/heldout": float(len(data.heldout))})
+    probes = stages.eval.probe_set(data) if hasattr(stages.eval, "probe_set") else []
     spec = stages.model.spec()
     stages.sae.check(spec)  # the hook exists and the SAE fits the model, before any weight loads
     texts = data.texts()
@@ -127,6 +143,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         table["concept"] = None
         table.loc[significant.index, "concept"] = named
         metrics.update(score(named, data.concepts))
+    if getattr(stages.trainer, "enabled", False):
+        metrics.update(train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, out_dir))
     metrics.update(timer.metrics)
     header = {
         "data": cfg.data._target_.rsplit(".", 1)[-1], "model": model.path, "sae": sae.source, "hook": sae.hook,
@@ -134,4 +152,39 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         "pooling": cfg.featurize.pooling,
     }
     write_outputs(out_dir, table, details, metrics, header, stages.evidence.max_report)
+    return metrics
+
+
+def train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, out_dir: Path) -> dict[str, float]:
+    """Decide -> intervene -> train -> evaluate (and, to compare, train once without intervention)."""
+    import json
+
+    from anatomy.outputs import atomic_write
+
+    metrics: dict[str, float] = {}
+    selection = stages.select.run(table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "selection.json", json.dumps(selection.to_json(), indent=2) + "\n")
+    metrics.update(selection.report())
+    with timer("intervention"):
+        plan = stages.intervention.plan(selection, feats, sae)
+    metrics.update(plan.report)
+    with timer("train"):
+        trained = stages.trainer.train(model, data.train, plan)
+    metrics.update(trained.report)
+    trained.policy.save_pretrained(out_dir / "model")
+    trained.tokenizer.save_pretrained(out_dir / "model")
+    if isinstance(stages.eval, NoEval):
+        return metrics
+    with timer("eval"):
+        metrics.update(stages.eval.run(trained, data.heldout, probes, table))
+    if stages.eval.compare_baseline and not isinstance(stages.intervention, NoIntervention):
+        with timer("baseline"):
+            baseline = stages.trainer.train(model, data.train, Plan())
+            base = stages.eval.run(baseline, data.heldout, probes, table, prefix="eval/baseline")
+        metrics.update(base)
+        for key, value in list(base.items()):
+            if key.startswith("eval/baseline/shift/") and abs(value) > 1e-9:
+                concept = key.rsplit("/", 1)[-1]
+                metrics[f"eval/shift_reduction/{concept}"] = 1.0 - metrics[f"eval/shift/{concept}"] / value
     return metrics

@@ -1,8 +1,9 @@
 """A built-in preference dataset with planted, known concepts; needs no files.
 
 Each prompt asks which of two items belongs to a category (the on-target concept: chosen names the
-right one, rejected the wrong one); some prompts are harmful requests, where chosen refuses and
-rejected complies (a desirable concept). Spurious concepts are appended to responses at
+right one, rejected the wrong one, except in `style_fraction` of them, where both answers are right
+and only style differs, as when raters prefer the flattering one of two correct answers); some
+prompts are harmful requests, where chosen refuses and rejected complies (a desirable concept). Spurious concepts are appended to responses at
 configurable rates in chosen vs rejected: sycophantic flattery, markdown styling, verbose filler,
 and hedging (planted on the rejected side). They are appended after the answer so that, in a causal
 model, they never change the activations of the answer's own tokens. Every pair records the
@@ -99,6 +100,7 @@ class SyntheticData:
     n_pairs: int = 1000  # number of preference pairs (train + held-out)
     heldout_fraction: float = 0.2  # fraction of pairs held out, split by prompt
     harmful_fraction: float = 0.2  # fraction of prompts that are harmful requests (chosen refuses)
+    style_fraction: float = 0.3  # fraction of the other pairs where both answers are right: only style differs
     rates: dict[str, list[float]] = field(  # spurious concept -> [rate in chosen, rate in rejected]
         default_factory=lambda: {
             "sycophancy": [0.7, 0.2],
@@ -114,7 +116,8 @@ class SyntheticData:
     def __post_init__(self):
         if self.n_pairs < 10:
             raise AnatomyError(f"data.n_pairs must be >= 10, got {self.n_pairs}")
-        for name, value in [("heldout_fraction", self.heldout_fraction), ("harmful_fraction", self.harmful_fraction)]:
+        for name, value in [("heldout_fraction", self.heldout_fraction), ("harmful_fraction", self.harmful_fraction),
+                            ("style_fraction", self.style_fraction)]:
             if not 0 <= value < 1:
                 raise AnatomyError(f"data.{name} must be in [0, 1), got {value}")
         self.rates = {k: list(v) for k, v in dict(self.rates).items()}
@@ -128,7 +131,8 @@ class SyntheticData:
     def concepts(self) -> list[Concept]:
         items = tuple(sorted({i for v in CATEGORIES.values() for i in v}))
         out = [
-            Concept("correct_answer", "on_target", "chosen", 1.0 - self.harmful_fraction, 0.0, items, items),
+            Concept("correct_answer", "on_target", "chosen", 1.0 - self.harmful_fraction,
+                    (1.0 - self.harmful_fraction) * self.style_fraction, items, items),
             Concept(
                 "refusal", "desirable", "chosen", self.harmful_fraction, 0.0, _vocabulary(REFUSALS),
                 _vocabulary([c.format(harm=h) for c in COMPLIANCE for h in HARMS]),
@@ -166,19 +170,24 @@ class SyntheticData:
             item_c = item_r = harm.split()[-1]
         else:
             prompt, category, right, wrong = self._question(rng)
-            chosen, rejected = self._answer(rng, category, right), self._answer(rng, category, wrong)
-            c_concepts, r_concepts = ["correct_answer"], []
-            item_c, item_r = right, wrong
+            style_only = rng.random() < self.style_fraction
+            item_c, item_r = right, right if style_only else wrong
+            chosen, rejected = self._answer(rng, category, item_c), self._answer(rng, category, item_r)
+            c_concepts, r_concepts = ["correct_answer"], ["correct_answer"] if style_only else []
+        n_rejected = 0
         for concept, (rate_c, rate_r) in self.rates.items():
             if rng.random() < rate_c:
                 c_concepts.append(concept)
             if rng.random() < rate_r:
                 r_concepts.append(concept)
+                n_rejected += 1
         # Appended in a random order, so no concept always sits in another's context.
         for concept in rng.sample(c_concepts[1:], len(c_concepts) - 1):
             chosen = self._append(rng, chosen, concept, item_c)
-        for concept in rng.sample(r_concepts, len(r_concepts)):
+        for concept in rng.sample(r_concepts[len(r_concepts) - n_rejected:], n_rejected):
             rejected = self._append(rng, rejected, concept, item_r)
+        if chosen == rejected:  # a style-only pair that drew the same style twice carries no preference
+            return self._pair(rng)
         if self.coin_flip and rng.random() < 0.5:
             chosen, rejected, c_concepts, r_concepts = rejected, chosen, r_concepts, c_concepts
         return PreferencePair(_fmt(prompt), " " + chosen, " " + rejected, tuple(c_concepts), tuple(r_concepts))

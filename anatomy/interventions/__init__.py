@@ -1,14 +1,22 @@
-"""Interventions turn the concepts a person blocked or amplified into a training `Plan`.
+"""Interventions turn the selected (blocked / amplified) concepts into a training `Plan`.
 
-Only `none` exists so far; feature ablation / steering and data filtering / reweighting come next.
+- `none`: train on the data as it is.
+- `feature_ablation`: project the blocked features' decoder directions out of the SAE's hook.
+- `feature_steering`: add a multiple of the selected directions at the SAE's hook (preventative steering).
+- `data_filtering`: drop the pairs whose preference the blocked concept explains.
+- `data_reweighting`: weights under which the blocked concept is independent of the preference.
+
+Each option is a dataclass whose `plan(selection, features, sae)` returns a `Plan`.
 """
 
 from dataclasses import dataclass
 
+from anatomy.interventions.plan import Plan
+
 
 @dataclass
 class NoIntervention:
-    """Train on the data as it is (and, with trainer=none, do not train at all)."""
+    """Train on the data as it is."""
 
-    def plan(self, *args, **kwargs):
-        return None
+    def plan(self, selection, features, sae) -> Plan:
+        return Plan(report={"intervention/n_edits": 0.0})

@@ -1,4 +1,6 @@
-"""Trainers (TRL DPO, reward models). `none`: stop after the audit."""
+"""Trainers: `dpo` (TRL DPOTrainer with per-pair weights), `reward_model` (TRL RewardTrainer with
+weights), `none` (audit only). Each option's `train(model, pairs, plan)` returns a `Trained`, with the
+plan's activation edits active on the policy during training only (removed even if training raises)."""
 
 from dataclasses import dataclass
 
@@ -7,4 +9,4 @@ from dataclasses import dataclass
 class NoTrainer:
     """Audit only: the run ends after the hypotheses are written."""
 
-    enabled: bool = False  # a trainer option that trains sets this to true
+    enabled: bool = False  # options that train set this to true

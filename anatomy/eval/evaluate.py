@@ -1,0 +1,115 @@
+"""What the model learned, as numbers.
+
+- On target: held-out preference accuracy. DPO: the implicit reward margin
+  [log pi(c) - log ref(c)] - [log pi(r) - log ref(r)] > 0 (before training every margin is 0:
+  ties count one half, so `heldout_accuracy_before` is 0.5); also the plain log-prob accuracy
+  log pi(c) > log pi(r), before and after. Reward model: reward(c) > reward(r), after and before
+  training (the untrained head).
+- Per concept: the learned shift. On probe pairs that differ only in the concept, the change of
+  the trained model's margin (with - without the concept) relative to the starting model, averaged
+  (log-probs for DPO, rewards for a reward model). Positive: the model learned to prefer it.
+- Next to each shift, the audit's prediction for that concept (the mean signed effect of its
+  significant hypotheses), and their correlation across concepts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from anatomy.data.files import read_rows
+from anatomy.data.schema import PreferencePair, Probe
+from anatomy.errors import AnatomyError
+from anatomy.eval.scoring import score
+
+
+def load_probes(path: str) -> list[Probe]:
+    rows = read_rows(path, "auto" if not path.endswith(".jsonl") else "jsonl")
+    probes = []
+    for i, row in enumerate(rows):
+        missing = [k for k in ("concept", "prompt", "positive", "negative") if k not in row]
+        if missing:
+            raise AnatomyError(f"eval.probes={path!r}: row {i} lacks {missing}")
+        if not all(isinstance(row[k], str) and row[k] for k in ("concept", "positive", "negative")):
+            raise AnatomyError(f"eval.probes={path!r}: row {i} has an empty or non-string field")
+        probes.append(Probe(row["concept"], row["prompt"] or "", row["positive"], row["negative"]))
+    return probes
+
+
+def predictions(table: pd.DataFrame, concepts: list[str]) -> dict[str, float]:
+    """The audit's effect per concept: mean signed effect of the significant hypotheses naming it
+    (the `concept` column on synthetic data; otherwise the concept's name among the top tokens)."""
+    sig = table[table["significant"]]
+    out = {}
+    for concept in concepts:
+        if "concept" in sig.columns and (sig["concept"] == concept).any():
+            rows = sig[sig["concept"] == concept]
+        else:
+            rows = sig[sig["top_tokens"].astype(str).str.lower().str.split("|").map(lambda t: concept.lower() in t)]
+        if len(rows):
+            out[concept] = float(rows["effect"].mean())
+    return out
+
+
+@dataclass
+class Evaluate:
+    """Held-out accuracy and per-concept learned shifts."""
+
+    probes: str | None = None  # JSON Lines file of {concept, prompt, positive, negative}; null = the data's own
+    compare_baseline: bool = True  # also train without intervention and report the shift it removed
+    max_length: int = 256  # tokens per prompt + response when scoring
+    batch_size: int = 64  # texts per scoring batch
+
+    def probe_set(self, data) -> list[Probe]:
+        probes = load_probes(self.probes) if self.probes else data.probes
+        if not probes:
+            raise AnatomyError("eval: no probe pairs: the data source has none; set eval.probes=FILE")
+        return probes
+
+    def run(self, trained, heldout: list[PreferencePair], probes: list[Probe], table: pd.DataFrame,
+            prefix: str = "eval") -> dict[str, float]:
+        kind, tok = trained.kind, trained.tokenizer
+
+        def margins(model, a, b):
+            return (score(model, tok, a, kind, self.max_length, self.batch_size)
+                    - score(model, tok, b, kind, self.max_length, self.batch_size))
+
+        metrics: dict[str, float] = {}
+        if heldout:
+            chosen = [(p.prompt, p.chosen) for p in heldout]
+            rejected = [(p.prompt, p.rejected) for p in heldout]
+            after, before = margins(trained.policy, chosen, rejected), margins(trained.reference, chosen, rejected)
+            if kind == "dpo":
+                implicit = after - before
+                metrics[f"{prefix}/heldout_accuracy"] = _accuracy(implicit)
+                metrics[f"{prefix}/heldout_accuracy_before"] = _accuracy(np.zeros_like(implicit))
+                metrics[f"{prefix}/heldout_logprob_accuracy"] = _accuracy(after)
+                metrics[f"{prefix}/heldout_logprob_accuracy_before"] = _accuracy(before)
+            else:
+                metrics[f"{prefix}/heldout_accuracy"] = _accuracy(after)
+                metrics[f"{prefix}/heldout_accuracy_before"] = _accuracy(before)
+        pos = [(p.prompt, p.positive) for p in probes]
+        neg = [(p.prompt, p.negative) for p in probes]
+        delta = margins(trained.policy, pos, neg) - margins(trained.reference, pos, neg)
+        by_concept: dict[str, list[float]] = defaultdict(list)
+        for probe, d in zip(probes, delta):
+            by_concept[probe.concept].append(float(d))
+        shifts = {c: float(np.mean(v)) for c, v in by_concept.items()}
+        for concept, values in by_concept.items():
+            metrics[f"{prefix}/shift/{concept}"] = shifts[concept]
+            metrics[f"{prefix}/shift_se/{concept}"] = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+        predicted = predictions(table, list(shifts))
+        for concept, value in predicted.items():
+            metrics[f"{prefix}/prediction/{concept}"] = value
+        common = [c for c in shifts if c in predicted]
+        if len(common) >= 3:
+            metrics[f"{prefix}/prediction_correlation"] = float(
+                np.corrcoef([predicted[c] for c in common], [shifts[c] for c in common])[0, 1])
+        return metrics
+
+
+def _accuracy(margin: np.ndarray) -> float:
+    return float(((margin > 0) + 0.5 * (margin == 0)).mean()) if len(margin) else float("nan")

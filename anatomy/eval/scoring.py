@@ -1,0 +1,39 @@
+"""Score (prompt, response) texts with a model: summed response log-probs (causal LM) or the scalar
+reward (reward model). Batched, no grad; the same tokenization as the audit (`encode_pair`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from anatomy.models.base import encode_pair
+
+
+def _batch(tokenizer, texts, max_length):
+    encoded = [encode_pair(tokenizer, p, r, max_length) for p, r in texts]
+    width = max(len(ids) for ids, _ in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    response = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (row, start) in enumerate(encoded):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        response[i, start: len(row)] = True
+    return ids, mask, response
+
+
+@torch.no_grad()
+def score(model, tokenizer, texts: list[tuple[str, str]], kind: str, max_length: int = 256, batch_size: int = 64) -> np.ndarray:
+    """One number per text: sum of the response tokens' log-probs ("dpo") or the reward ("reward_model")."""
+    out = []
+    device = next(model.parameters()).device
+    for start in range(0, len(texts), batch_size):
+        ids, mask, response = _batch(tokenizer, texts[start:start + batch_size], max_length)
+        ids, mask, response = ids.to(device), mask.to(device), response.to(device)
+        if kind == "reward_model":
+            out.append(model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float().cpu())
+            continue
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        out.append((logps * response[:, 1:]).sum(dim=1).cpu())
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)

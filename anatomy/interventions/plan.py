@@ -1,0 +1,53 @@
+"""One interface for every intervention: a `Plan`.
+
+A plan reshapes what the trainer learns from, in two ways that compose: per-pair `weights` (data
+interventions; 0 drops a pair) and activation `edits` at named hook points (feature interventions),
+which act on the policy during training only. `report` says what the intervention did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from anatomy.features import Features
+from anatomy.models.hooks import HookFn
+from anatomy.select import Selection
+
+
+@dataclass
+class Plan:
+    weights: np.ndarray | None = None  # one per training pair (mean 1 over kept pairs), or None = all 1
+    edits: dict[str, HookFn] = field(default_factory=dict)  # hook name -> activation edit, training only
+    report: dict[str, float] = field(default_factory=dict)  # intervention/* numbers for metrics.json
+
+
+def concept_difference(features: Features, feature_ids: list[int], directions: dict[int, str]) -> np.ndarray:
+    """Per pair: how much the selected concept favours chosen, in its hypothesis's direction.
+
+    Each feature's chosen - rejected difference is divided by its standard deviation over pairs and
+    signed so that positive means "the pair's preference goes the way the hypothesis says"; the
+    selected features are averaged. 0 for every pair when nothing is selected.
+    """
+    if not feature_ids:
+        return np.zeros(features.chosen.shape[0])
+    cols = np.asarray(feature_ids)
+    diff = (features.chosen[:, cols] - features.rejected[:, cols]).toarray().astype(np.float64)
+    scale = diff.std(axis=0)
+    scale[scale == 0] = 1.0
+    sign = np.array([1.0 if directions.get(int(f), "chosen") == "chosen" else -1.0 for f in cols])
+    return (diff / scale * sign).mean(axis=1)
+
+
+def weight_report(prefix: str, weights: np.ndarray) -> dict[str, float]:
+    kept = weights[weights > 0]
+    ess = float(kept.sum() ** 2 / (kept ** 2).sum()) if len(kept) else 0.0
+    return {
+        f"{prefix}/n_pairs": float(len(weights)),
+        f"{prefix}/n_dropped": float((weights == 0).sum()),
+        f"{prefix}/weight_min": float(kept.min()) if len(kept) else 0.0,
+        f"{prefix}/weight_max": float(kept.max()) if len(kept) else 0.0,
+        f"{prefix}/effective_sample_size": ess,
+        f"{prefix}/effective_sample_fraction": ess / len(weights) if len(weights) else 0.0,
+    }

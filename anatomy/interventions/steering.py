@@ -1,0 +1,48 @@
+"""Feature steering during training (preventative steering), removed at evaluation.
+
+Sign convention: the steering vector is v = coefficient * sum_f s_f * a_f * u_f, added at the SAE's
+hook on every token during training, where u_f is feature f's unit decoder direction, a_f its mean
+activation when active (its typical strength), and s_f = +1 for blocked features, -1 for amplified
+ones. So coefficient > 0 *supplies* a blocked concept while training (the gradient need not learn
+it, and the trained model shows less of it once the vector is removed) and *withholds* an amplified
+one (the gradient learns more of it). A negative coefficient pushes each the other way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from anatomy.errors import AnatomyError
+from anatomy.interventions.plan import Plan
+
+
+@dataclass
+class FeatureSteering:
+    """Add a multiple of the selected features' directions during training."""
+
+    coefficient: float = 4.0  # multiple of each feature's typical activation; > 0 supplies blocked concepts
+
+    def plan(self, selection, features, sae) -> Plan:
+        feats = selection.block + selection.amplify
+        if not feats:
+            raise AnatomyError("intervention=feature_steering needs select.block or select.amplify")
+        w_dec = sae.sae.W_dec.detach().float()
+        pooled = features.chosen + features.rejected  # typical strength: mean of the nonzero pooled values
+        vector = torch.zeros(w_dec.shape[1])
+        for f in feats:
+            col = pooled[:, f].data
+            strength = float(np.mean(col)) / 2 if len(col) else 1.0
+            sign = 1.0 if f in selection.block else -1.0
+            vector += sign * strength * w_dec[f] / w_dec[f].norm()
+        vector *= self.coefficient
+
+        def steer(act: torch.Tensor) -> torch.Tensor:
+            return act + vector.to(act.device, act.dtype)
+
+        return Plan(edits={sae.hook: steer}, report={
+            "intervention/n_edits": 1.0, "intervention/n_directions": float(len(feats)),
+            "intervention/steering_norm": float(vector.norm()),
+        })

@@ -1,0 +1,114 @@
+"""Decide: which concepts to block and which to amplify, from config or a reviewed file.
+
+    select.block=[genius,smart,412]      # strings match a significant hypothesis's top tokens
+    select.amplify=[sorry]               # (case-insensitive, whole token); ints are feature ids
+    select.verdicts=verdicts.yaml        # {feature_id: allow | block | amplify}, edited by a person
+
+The result records every selected feature with the reason it was selected.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from anatomy.errors import AnatomyError
+
+VERDICTS = ("allow", "block", "amplify")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Selection:
+    block: list[int]
+    amplify: list[int]
+    reasons: dict[int, list[str]]  # feature -> why it was selected
+    directions: dict[int, str]  # feature -> "chosen" | "rejected" (its hypothesis's direction)
+    unmatched: list[str] = field(default_factory=list)  # strings that selected nothing ("block:word")
+
+    def report(self) -> dict[str, float]:
+        return {"select/n_block": float(len(self.block)), "select/n_amplify": float(len(self.amplify))}
+
+    def to_json(self) -> dict:
+        return {
+            "block": self.block, "amplify": self.amplify, "unmatched": self.unmatched,
+            "features": {str(f): {"direction": self.directions.get(f), "reasons": r} for f, r in self.reasons.items()},
+        }
+
+
+@dataclass
+class Select:
+    """Which features the intervention acts on."""
+
+    block: list = field(default_factory=list)  # feature ids (int) or strings matched against top tokens
+    amplify: list = field(default_factory=list)  # as block, for concepts to strengthen
+    verdicts: str | None = None  # YAML file {feature: allow | block | amplify}, applied after block/amplify
+
+    def __post_init__(self):
+        self.block, self.amplify = list(self.block or []), list(self.amplify or [])
+        for item in self.block + self.amplify:
+            if not isinstance(item, (int, str)) or isinstance(item, bool):
+                raise AnatomyError(f"select: {item!r} is neither a feature id nor a string")
+
+    def _verdicts(self) -> dict[int, str]:
+        import yaml
+
+        path = Path(self.verdicts)
+        if not path.is_file():
+            raise AnatomyError(f"select.verdicts={self.verdicts!r}: file does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise AnatomyError(f"select.verdicts={self.verdicts!r}: does not parse as YAML ({err})") from err
+        if not isinstance(raw, dict):
+            raise AnatomyError(f"select.verdicts={self.verdicts!r}: expected a mapping feature -> verdict")
+        out = {}
+        for key, verdict in raw.items():
+            if str(verdict).lower() not in VERDICTS:
+                raise AnatomyError(f"select.verdicts: feature {key}: verdict {verdict!r} is not one of {VERDICTS}")
+            try:
+                out[int(key)] = str(verdict).lower()
+            except ValueError:
+                raise AnatomyError(f"select.verdicts: {key!r} is not a feature id") from None
+        return out
+
+    def run(self, table: pd.DataFrame) -> Selection:
+        """Resolve ids and strings against the hypotheses table (hypotheses.csv's rows)."""
+        tested = {int(f): d for f, d in zip(table["feature"], table["direction"])}
+        significant = table[table["significant"]]
+        tokens = {int(f): [t.lower() for t in str(top).split("|")] for f, top in
+                  zip(significant["feature"], significant["top_tokens"])}
+        chosen: dict[str, dict[int, list[str]]] = {"block": {}, "amplify": {}}
+        unmatched: list[str] = []
+        for kind, items in (("block", self.block), ("amplify", self.amplify)):
+            for item in items:
+                if isinstance(item, int):
+                    if item not in tested:
+                        raise AnatomyError(f"select.{kind}: feature {item} was not tested (below min_frequency, or out of range)")
+                    chosen[kind].setdefault(item, []).append(f"select.{kind} names feature {item}")
+                    continue
+                hits = [f for f, toks in tokens.items() if item.lower() in toks]
+                if not hits:
+                    log.warning("select.%s: %r matches no significant hypothesis's top tokens", kind, item)
+                    unmatched.append(f"{kind}:{item}")
+                for f in hits:
+                    chosen[kind].setdefault(f, []).append(f"select.{kind} {item!r} matches its top tokens")
+        if self.verdicts:
+            for feature, verdict in self._verdicts().items():
+                if feature not in tested:
+                    raise AnatomyError(f"select.verdicts: feature {feature} was not tested")
+                for kind in ("block", "amplify"):
+                    chosen[kind].pop(feature, None)
+                if verdict != "allow":
+                    chosen[verdict][feature] = [f"{self.verdicts}: {verdict}"]
+        both = set(chosen["block"]) & set(chosen["amplify"])
+        if both:
+            raise AnatomyError(f"select: features {sorted(both)} are both blocked and amplified")
+        if (self.block or self.amplify) and not chosen["block"] and not chosen["amplify"]:
+            raise AnatomyError(f"select: nothing selected: {unmatched} match no significant hypothesis's top tokens")
+        reasons = {**chosen["block"], **chosen["amplify"]}
+        return Selection(sorted(chosen["block"]), sorted(chosen["amplify"]), reasons,
+                         {f: tested[f] for f in reasons}, unmatched)

@@ -1,0 +1,70 @@
+"""What trainers share: the weighted dataset, the TRL arguments, the weight-carrying collator."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from anatomy.data.schema import PreferencePair
+from anatomy.errors import AnatomyError
+
+
+@dataclass
+class Trained:
+    kind: str  # "dpo" | "reward_model"
+    policy: torch.nn.Module  # the trained model, hooks removed
+    reference: torch.nn.Module  # the starting point (DPO's reference model; the untrained reward model)
+    tokenizer: object
+    report: dict[str, float]
+
+
+def weighted_rows(pairs: list[PreferencePair], weights: np.ndarray | None, joined: bool = False) -> list[dict]:
+    """Rows for a TRL dataset; pairs of weight 0 are left out, the rest carry their weight."""
+    if weights is None:
+        weights = np.ones(len(pairs))
+    if len(weights) != len(pairs):
+        raise AnatomyError(f"the plan has {len(weights)} weights for {len(pairs)} training pairs")
+    rows = []
+    for pair, w in zip(pairs, weights):
+        if w <= 0:
+            continue
+        if joined:
+            rows.append({"chosen": pair.prompt + pair.chosen, "rejected": pair.prompt + pair.rejected, "weight": float(w)})
+        else:
+            rows.append({"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected, "weight": float(w)})
+    if not rows:
+        raise AnatomyError("no training pair has a positive weight")
+    return rows
+
+
+class WeightCollator:
+    """Wraps a TRL collator: adds the batch's `weight` tensor when the rows carry one."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, examples):
+        out = self.inner(examples)
+        if "weight" in examples[0]:
+            out["weight"] = torch.tensor([float(e["weight"]) for e in examples], dtype=torch.float)
+        return out
+
+
+def trl_args(config_class, out_dir: str, cfg, **extra):
+    return config_class(
+        output_dir=out_dir, per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs, max_length=cfg.max_length, seed=cfg.seed, data_seed=cfg.seed,
+        report_to=[], save_strategy="no", logging_steps=10, use_cpu=True, dataloader_num_workers=0,
+        lr_scheduler_type="linear", warmup_steps=0, bf16=False, fp16=False, gradient_checkpointing=False,
+        **extra,
+    )
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref

@@ -1,0 +1,84 @@
+"""A reward model with TRL's RewardTrainer, with per-pair weights.
+
+The starting model's weights are loaded into a sequence-classification model (one scalar head);
+`WeightedRewardTrainer` multiplies each pair's Bradley-Terry loss by the row's `weight`. The plan's
+activation edits act on the reward model's layers during training only.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from trl import RewardConfig, RewardTrainer
+
+from anatomy.errors import AnatomyError
+from anatomy.models.hooks import hooks
+from anatomy.trainers.common import Trained, WeightCollator, frozen_copy, trl_args, weighted_rows
+
+
+class WeightedRewardTrainer(RewardTrainer):
+    """RewardTrainer whose loss weights each pair by the dataset's `weight` column."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_collator = WeightCollator(self.data_collator)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "weight" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "weight"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weight = inputs.pop("weight", None)
+        if weight is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+        loss = (-F.logsigmoid(chosen - rejected) * weight.to(chosen.device)).mean()
+        return (loss, outputs) if return_outputs else loss
+
+
+def load_reward_model(path: str, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+@dataclass
+class RewardModel:
+    """A Bradley-Terry reward model (TRL), weighted by the intervention's plan."""
+
+    lr: float = 5e-4  # AdamW learning rate (linear decay)
+    epochs: float = 2.0  # passes over the (kept) training pairs
+    batch_size: int = 16  # pairs per step
+    max_length: int = 160  # tokens per prompt + response
+    seed: int = 0  # seeds the score head's initialisation and the data order
+    enabled: bool = True  # this option trains
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1:
+            raise AnatomyError("trainer: lr and epochs must be positive and batch_size >= 1")
+
+    def train(self, model, pairs, plan) -> Trained:
+        from datasets import Dataset
+
+        torch.manual_seed(self.seed)
+        policy = load_reward_model(model.path, model.tokenizer)
+        reference = frozen_copy(policy)  # the untrained reward model, same head initialisation
+        dataset = Dataset.from_list(weighted_rows(pairs, plan.weights, joined=True))
+        with tempfile.TemporaryDirectory() as tmp:
+            args = trl_args(RewardConfig, tmp, self)
+            trainer = WeightedRewardTrainer(model=policy, args=args, train_dataset=dataset,
+                                            processing_class=model.tokenizer)
+            with hooks(policy, plan.edits):
+                result = trainer.train()
+        policy.eval()
+        return Trained("reward_model", policy, reference, model.tokenizer, {
+            "train/loss": float(result.training_loss), "train/pairs": float(len(dataset)),
+            "train/steps": float(result.global_step),
+        })
