@@ -31,6 +31,10 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, details: dict, metrics: di
     columns = CSV_COLUMNS + [c for c in table.columns if c not in CSV_COLUMNS]
     atomic_write(out_dir / "hypotheses.csv", table[columns].to_csv(index=False))
     atomic_write(out_dir / "hypotheses.md", render_markdown(table, details, metrics, header, max_report))
+    write_metrics(out_dir, metrics)
+
+
+def write_metrics(out_dir: Path, metrics: dict) -> None:
     atomic_write(out_dir / "metrics.json", json.dumps(clean_metrics(metrics), indent=2) + "\n")
 
 
@@ -94,6 +98,22 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
     out.append(f"{'feature':>8} {'favours':>8} {'effect':>7} {'q':>9}  top tokens")
     for _, r in sig.head(n_show).iterrows():
         out.append(f"{int(r['feature']):>8} {r['direction']:>8} {r['effect']:>+7.2f} {r['q_value']:>9.1e}  {r['top_tokens']}")
+    shifts = sorted(k.rsplit("/", 1)[-1] for k in metrics if k.startswith("eval/shift/"))
+    if shifts:
+        has_base = any(k.startswith("eval/baseline/") for k in metrics)
+        out.append("")
+        out.append("what the model learned (shift of the log-prob margin with - without each concept):")
+        out.append(f"{'concept':>16} {'trained':>9}" + (f" {'no intervention':>16} {'reduction':>9}" if has_base else ""))
+        for c in shifts:
+            row = f"{c:>16} {metrics[f'eval/shift/{c}']:>+9.2f}"
+            if has_base and f"eval/baseline/shift/{c}" in metrics:
+                red = metrics.get(f"eval/shift_reduction/{c}")
+                row += f" {metrics[f'eval/baseline/shift/{c}']:>+16.2f} {'' if red is None else f'{red:>9.0%}'}"
+            out.append(row)
+        acc = f"held-out accuracy {metrics['eval/heldout_accuracy']:.3f} (before training {metrics['eval/heldout_accuracy_before']:.3f}"
+        if "eval/baseline/heldout_accuracy" in metrics:
+            acc += f"; without intervention {metrics['eval/baseline/heldout_accuracy']:.3f}"
+        out.append(acc + ")")
     timing = ", ".join(f"{k[7:-2]} {v:.0f}s" for k, v in metrics.items() if k.startswith("timing/"))
     out += [f"time: {timing}", f"results: {table_path.parent}", "=" * 78]
     return "\n".join(out)

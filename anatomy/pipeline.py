@@ -25,7 +25,7 @@ from anatomy.interventions import NoIntervention
 from anatomy.interventions.plan import Plan
 from anatomy.evidence import promoted_tokens, snippets, top_tokens
 from anatomy.hypotheses.ground_truth import name_concept, score
-from anatomy.outputs import write_outputs
+from anatomy.outputs import write_metrics, write_outputs
 
 log = logging.getLogger(__name__)
 NODES = ("data", "model", "sae", "featurize", "hypothesis", "evidence", "select", "intervention", "trainer", "eval",
@@ -143,15 +143,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         table["concept"] = None
         table.loc[significant.index, "concept"] = named
         metrics.update(score(named, data.concepts))
-    if getattr(stages.trainer, "enabled", False):
-        metrics.update(train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, out_dir))
     metrics.update(timer.metrics)
     header = {
         "data": cfg.data._target_.rsplit(".", 1)[-1], "model": model.path, "sae": sae.source, "hook": sae.hook,
         "test": cfg.hypothesis.test, "correction": cfg.hypothesis.correction, "alpha": cfg.hypothesis.alpha,
         "pooling": cfg.featurize.pooling,
     }
+    # The audit's results are on disk before any training starts.
     write_outputs(out_dir, table, details, metrics, header, stages.evidence.max_report)
+    if getattr(stages.trainer, "enabled", False):
+        metrics.update(train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, out_dir))
+        metrics.update(timer.metrics)
+        write_metrics(out_dir, metrics)
     return metrics
 
 

@@ -30,6 +30,10 @@ SMALL = (
 )
 
 
+# Stop after the audit (the default study also trains).
+AUDIT = ("trainer=none", "intervention=none", "eval=none")
+
+
 def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

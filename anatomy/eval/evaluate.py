@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from anatomy.data.files import read_rows
 from anatomy.data.schema import PreferencePair, Probe
 from anatomy.errors import AnatomyError
 from anatomy.eval.scoring import score
+
+log = logging.getLogger(__name__)
 
 
 def load_probes(path: str) -> list[Probe]:
@@ -64,9 +67,11 @@ class Evaluate:
     batch_size: int = 64  # texts per scoring batch
 
     def probe_set(self, data) -> list[Probe]:
+        """The probes (read and checked before any model is built); none -> no shifts, with a warning."""
         probes = load_probes(self.probes) if self.probes else data.probes
         if not probes:
-            raise AnatomyError("eval: no probe pairs: the data source has none; set eval.probes=FILE")
+            log.warning("eval: the data source has no probe pairs and eval.probes is not set: "
+                        "no per-concept shifts will be measured")
         return probes
 
     def run(self, trained, heldout: list[PreferencePair], probes: list[Probe], table: pd.DataFrame,
@@ -91,6 +96,8 @@ class Evaluate:
             else:
                 metrics[f"{prefix}/heldout_accuracy"] = _accuracy(after)
                 metrics[f"{prefix}/heldout_accuracy_before"] = _accuracy(before)
+        if not probes:
+            return metrics
         pos = [(p.prompt, p.positive) for p in probes]
         neg = [(p.prompt, p.negative) for p in probes]
         delta = margins(trained.policy, pos, neg) - margins(trained.reference, pos, neg)

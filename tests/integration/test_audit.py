@@ -7,14 +7,14 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import SMALL, run_study
+from conftest import AUDIT, SMALL, run_study
 
 CSV_COLUMNS = ["feature", "direction", "effect", "auroc", "p_value", "q_value", "significant", "frequency", "top_tokens"]
 
 
 @pytest.fixture(scope="module")
 def default_audit(tmp_path_factory):
-    return run_study(tmp_path_factory.mktemp("default"), *SMALL)
+    return run_study(tmp_path_factory.mktemp("default"), *SMALL, *AUDIT)
 
 
 def test_default_audit_writes_its_outputs(default_audit):
@@ -74,7 +74,7 @@ def test_null_calibration(default_audit):
 
 def test_same_config_same_numbers(default_audit, tmp_path):
     metrics, out = default_audit
-    again, out2 = run_study(tmp_path, *SMALL)
+    again, out2 = run_study(tmp_path, *SMALL, *AUDIT)
     assert (out2 / "hypotheses.csv").read_text() == (out / "hypotheses.csv").read_text()
     strip = lambda m: {k: v for k, v in m.items() if not k.startswith(("timing/", "cache/"))}
     assert strip(again) == strip(metrics)
@@ -93,7 +93,7 @@ def test_local_file(default_audit, tmp_path):
     file.write_text("".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
                             for p in data.train + data.heldout))
     small_model = [o for o in SMALL if not o.startswith("data.")]
-    metrics, out = run_study(tmp_path / "run", "data=local", f"data.path={file}", *small_model)
+    metrics, out = run_study(tmp_path / "run", "data=local", f"data.path={file}", *small_model, *AUDIT)
     assert metrics["data/rows"] == len(data.train) + len(data.heldout)
     assert metrics["data/train"] == len(data.train)
     assert metrics["cache/model"] == 1.0 and metrics["cache/sae"] == 1.0
@@ -107,7 +107,7 @@ def test_hh_rlhf(shared_data, tmp_path):
     path = shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
     metrics, out = run_study(tmp_path, "data=hh_rlhf", f"data.path={path}", "data.max_pairs=200",
                              "model.train_steps=100", "model.context=128", "sae.training_tokens=100000",
-                             "featurize.max_length=192")
+                             "featurize.max_length=192", *AUDIT)
     assert metrics["data/rows"] == 2312 and metrics["data/dropped_invalid"] == 4
     assert metrics["data/train"] + metrics["data/heldout"] == 200
     assert metrics["audit/n_tested"] > 0

@@ -21,7 +21,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from anatomy.data.local import LocalData
 from anatomy.errors import AnatomyError
 
-from conftest import SMALL, run_study
+from conftest import AUDIT, SMALL, run_study
 
 GOOD = [{"prompt": f"prompt {i}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"} for i in range(12)]
 
@@ -136,7 +136,7 @@ def test_renamed_columns_via_config_are_accepted(tmp_path, fresh_cache):
     rows = [{"prompt": r["prompt"], "answer": r["chosen"], "rejected": r["rejected"]} for r in GOOD]
     path = _jsonl(tmp_path / "pairs.jsonl", rows)
     with pytest.raises(AssertionError, match="TinyModel.load reached"):
-        run_study(tmp_path / "run", "data=local", f"data.path={path}", "data.chosen_key=answer")
+        run_study(tmp_path / "run", "data=local", f"data.path={path}", "data.chosen_key=answer", *AUDIT)
 
 
 # 4. empty or non-string responses ----------------------------------------------------------------
@@ -313,7 +313,7 @@ def _run_folders(tmp_path: Path) -> set[Path]:
 @pytest.mark.slow
 def test_failing_run_overwrites_nothing(tmp_path):
     # The same small study as tests/integration/test_audit.py: its model and SAE are built once.
-    ok = _cli(tmp_path, *SMALL)
+    ok = _cli(tmp_path, *SMALL, *AUDIT)
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
     (first,) = _run_folders(tmp_path)
     files = ["hypotheses.csv", "metrics.json", ".hydra/config.yaml"]

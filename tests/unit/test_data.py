@@ -320,9 +320,12 @@ def test_synthetic_every_pair_records_its_concepts(synthetic_2000):
     pairs = data.train + data.heldout
     assert len(pairs) == 2000
     for p in pairs:
-        # Exactly one of the two base concepts, always on the chosen side (coin_flip=False).
+        # Exactly one of the two base concepts on the chosen side (coin_flip=False); the rejected side
+        # is right too only in style-only pairs, and never refuses.
         assert p.concepts_chosen[0] in ("correct_answer", "refusal")
-        assert not {"correct_answer", "refusal"} & set(p.concepts_rejected)
+        assert "refusal" not in p.concepts_rejected
+        if "correct_answer" in p.concepts_rejected:
+            assert p.concepts_chosen[0] == "correct_answer" and p.concepts_rejected[0] == "correct_answer"
         assert len(set(p.concepts_chosen)) == len(p.concepts_chosen)
         assert len(set(p.concepts_rejected)) == len(p.concepts_rejected)
         for concept in SPURIOUS_PHRASES:
@@ -343,6 +346,8 @@ def test_synthetic_rates_are_roughly_respected(synthetic_2000):
         assert abs(in_rejected[concept] / n - rate_r) < 0.04, (concept, in_rejected[concept] / n, rate_r)
     assert abs(in_chosen["refusal"] / n - gen.harmful_fraction) < 0.04
     assert in_chosen["correct_answer"] + in_chosen["refusal"] == n
+    style_rate = in_rejected["correct_answer"] / n
+    assert abs(style_rate - gen.style_fraction * (1 - gen.harmful_fraction)) < 0.04, style_rate
     # The ground truth handed to the scorer mirrors the rates.
     by_name = {c.name: c for c in data.concepts}
     assert set(by_name) == {"correct_answer", "refusal", *gen.rates}
