@@ -23,7 +23,7 @@ from anatomy.interventions.plan import Plan
 class FeatureSteering:
     """Add a multiple of the selected features' directions during training."""
 
-    coefficient: float = 4.0  # multiple of each feature's typical activation; > 0 supplies blocked concepts
+    coefficient: float = 2.0  # multiple of each feature's typical activation; > 0 supplies blocked concepts
 
     def plan(self, selection, features, sae) -> Plan:
         feats = selection.block + selection.amplify
