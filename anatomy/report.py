@@ -1,0 +1,80 @@
+"""Gather a sweep: every job's overrides and metrics into one CSV, and a grouped summary.
+
+    anatomy-report multirun/2026-11-21/12-00-00-000000              # writes report.csv + report.md there
+    anatomy-report SWEEP_DIR --metrics eval/shift/markdown eval/heldout_accuracy --over seed
+
+Jobs are grouped by their overrides except those named by --over (default: seed); each metric is
+shown as mean +/- sd over the group. A job that failed (no metrics.json) is listed with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+
+def gather(sweep_dir: Path) -> pd.DataFrame:
+    rows = []
+    for hydra_dir in sorted(sweep_dir.glob("**/.hydra")):
+        job = hydra_dir.parent
+        overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []
+        row = {"job": str(job.relative_to(sweep_dir))}
+        for item in overrides:
+            key, _, value = str(item).partition("=")
+            row[f"override/{key.lstrip('+~')}"] = value
+        metrics_file = job / "metrics.json"
+        if metrics_file.exists():
+            row.update(json.loads(metrics_file.read_text()))
+        row["status"] = "ok" if "eval/heldout_accuracy" in row or "audit/n_tested" in row else "failed"
+        rows.append(row)
+    if not rows:
+        raise SystemExit(f"anatomy-report: no job folders (with .hydra/) under {sweep_dir}")
+    return pd.DataFrame(rows)
+
+
+def summarize(table: pd.DataFrame, metrics: list[str], over: list[str]) -> pd.DataFrame:
+    keys = [c for c in table.columns if c.startswith("override/") and c.split("/", 1)[1] not in over]
+    keys = [k for k in keys if k != "override/experiment"]
+    ok = table[table["status"] == "ok"]
+    present = [m for m in metrics if m in ok.columns]
+    grouped = ok.groupby(keys, dropna=False)[present] if keys else ok[present].groupby(lambda _: "all")
+    mean, sd, n = grouped.mean(), grouped.std(ddof=1), grouped.size()
+    out = pd.DataFrame(index=mean.index)
+    out["n"] = n
+    for m in present:
+        out[m] = [f"{a:+.3f} ± {b:.3f}" if pd.notna(b) else f"{a:+.3f}" for a, b in zip(mean[m], sd[m])]
+    return out.reset_index()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="anatomy-report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--metrics", nargs="*", default=None, help="metrics to summarize (default: eval/* and audit/*)")
+    parser.add_argument("--over", nargs="*", default=["seed"], help="overrides to aggregate over (default: seed)")
+    args = parser.parse_args(argv)
+    table = gather(args.sweep_dir)
+    metrics = args.metrics or [c for c in table.columns if c.startswith(("eval/shift/", "eval/heldout_accuracy"))
+                               and "baseline" not in c] or [c for c in table.columns if c.startswith("audit/n_")]
+    summary = summarize(table, metrics, args.over)
+    table.to_csv(args.sweep_dir / "report.csv", index=False)
+    text = summary.to_markdown(index=False) if _has_tabulate() else summary.to_string(index=False)
+    failed = table[table["status"] == "failed"]["job"].tolist()
+    (args.sweep_dir / "report.md").write_text(text + ("\n\nfailed jobs: " + ", ".join(failed) if failed else "") + "\n")
+    print(text)
+    print(f"\n{len(table)} jobs ({len(failed)} failed); wrote {args.sweep_dir / 'report.csv'} and report.md")
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()
