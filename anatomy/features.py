@@ -8,13 +8,16 @@ feature, its top-activating token occurrences: the raw material of the evidence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from anatomy.cache import cached_dir
 from anatomy.data.schema import PreferencePair
 from anatomy.errors import AnatomyError
 from anatomy.models.base import LoadedModel, encode_pair
@@ -22,6 +25,7 @@ from anatomy.models.hooks import capture
 from anatomy.saes.base import LoadedSAE
 
 POOLINGS = ("max", "mean")
+ARRAYS = ("chosen_length", "rejected_length", "tokens", "offsets", "top_values", "top_where")
 
 
 @dataclass
@@ -43,6 +47,15 @@ class Featurize:
     def run(self, model: LoadedModel, sae: LoadedSAE, pairs: list[PreferencePair]) -> Features:
         return featurize(model, sae, pairs, self)
 
+    def cached(self, model: LoadedModel, sae: LoadedSAE, pairs: list[PreferencePair]) -> tuple[Features, bool, str]:
+        """`run` through the stage cache, keyed by this config, the model, the SAE and the pairs.
+        -> (features, cache hit, key for downstream stages)"""
+        texts = hashlib.sha256("\0".join(p.prompt + "\1" + p.chosen + "\1" + p.rejected for p in pairs).encode())
+        key = {"featurize": asdict(self), "model": model.path, "sae": sae.source, "hook": sae.hook,
+               "pairs": texts.hexdigest()}
+        folder, hit = cached_dir("features", key, lambda d: self.run(model, sae, pairs).save(d))
+        return Features.load(folder), hit, folder.name
+
 
 @dataclass
 class Features:
@@ -60,6 +73,17 @@ class Features:
     @property
     def n_tokens(self) -> int:
         return int(self.offsets[-1])
+
+    def save(self, folder: Path) -> None:
+        sp.save_npz(folder / "chosen.npz", self.chosen)
+        sp.save_npz(folder / "rejected.npz", self.rejected)
+        np.savez(folder / "arrays.npz", **{k: getattr(self, k) for k in ARRAYS})
+
+    @classmethod
+    def load(cls, folder: Path) -> "Features":
+        arrays = np.load(folder / "arrays.npz")
+        return cls(sp.load_npz(folder / "chosen.npz").tocsr(), sp.load_npz(folder / "rejected.npz").tocsr(),
+                   **{k: arrays[k] for k in ARRAYS})
 
 
 def _sae_encode(sae, x: torch.Tensor) -> torch.Tensor:

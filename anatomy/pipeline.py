@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
 
+from anatomy.cache import cached_dir
 from anatomy.errors import AnatomyError
 from anatomy.eval import NoEval
 from anatomy.interventions import NoIntervention
@@ -112,10 +113,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     metrics["cache/sae"] = float(hit)
     metrics.update({"sae/d_sae": float(sae.d_sae), "sae/d_in": float(sae.d_in)})
     with timer("features"):
-        feats = stages.featurize.run(model, sae, data.train)
+        feats, hit, features_key = stages.featurize.cached(model, sae, data.train)
+    metrics["cache/features"] = float(hit)
     with timer("hypotheses"):
-        length_diff = (feats.chosen_length - feats.rejected_length).astype(np.float64)
-        table = stages.hypothesis.run(feats.chosen, feats.rejected, length_diff)
+        table, hit = test_hypotheses(stages.hypothesis, feats, features_key)
+    metrics["cache/hypotheses"] = float(hit)
     with timer("evidence"):
         ev, tok = stages.evidence, model.tokenizer
         table["top_tokens"] = ["|".join(t) for t in top_tokens(feats, table["feature"].to_numpy(), tok, ev.n_tokens)]
@@ -156,6 +158,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         metrics.update(timer.metrics)
         write_metrics(out_dir, metrics)
     return metrics
+
+
+def test_hypotheses(hypothesis, feats, features_key: str):
+    """The hypotheses table through the stage cache (keyed by the test's config and the features)."""
+    import pandas as pd
+
+    def build(folder: Path) -> None:
+        length_diff = (feats.chosen_length - feats.rejected_length).astype(np.float64)
+        hypothesis.run(feats.chosen, feats.rejected, length_diff).to_parquet(folder / "table.parquet")
+
+    folder, hit = cached_dir("hypotheses", {"hypothesis": asdict(hypothesis), "features": features_key}, build)
+    return pd.read_parquet(folder / "table.parquet"), hit
 
 
 def train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, out_dir: Path) -> dict[str, float]:
