@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("anatomy")
 # configs/ sits beside the package in the repository (the README installs it editable).
@@ -37,16 +37,44 @@ def seed_everything(seed: int) -> None:
 def main(cfg: DictConfig) -> None:
     import torch
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    from anatomy.outputs import summary
+    from anatomy.outputs import summary, write_failure
     from anatomy.pipeline import run
 
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    threads = int(cfg.threads) or _threads_per_job(hydra_cfg)
+    if threads:
+        torch.set_num_threads(threads)
     seed_everything(int(cfg.seed))
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = run(cfg, out_dir)
-    print(summary(metrics, out_dir / "hypotheses.csv"))
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    logger = instantiate(cfg.logger)
+    logger.start(OmegaConf.to_container(cfg, resolve=True), out_dir)
+    metrics, error = {}, None
+    try:
+        metrics = run(cfg, out_dir)
+    except Exception as err:  # recorded in the run folder; a sweep goes on with its next job
+        error = err
+        write_failure(out_dir, err)
+        if not multirun:
+            raise
+        log.error("job failed (%s: %s); recorded in %s/error.txt", type(err).__name__, err, out_dir)
+    finally:
+        logger.finish(metrics, out_dir, error)
+    if error is None:
+        print(summary(metrics, out_dir / "hypotheses.csv"))
+
+
+def _threads_per_job(hydra_cfg) -> int:
+    """With a parallel launcher (joblib), share the cores among the jobs; otherwise torch's default."""
+    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=None)
+    if not n_jobs:
+        return 0
+    n_jobs = os.cpu_count() if int(n_jobs) < 0 else int(n_jobs)
+    return max(1, (os.cpu_count() or 1) // max(1, n_jobs))
 
 
 if __name__ == "__main__":

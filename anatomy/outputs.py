@@ -34,6 +34,15 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, details: dict, metrics: di
     write_metrics(out_dir, metrics)
 
 
+def write_failure(out_dir: Path, error: BaseException) -> None:
+    """error.txt in the failed job's own folder: what failed, and the traceback."""
+    import traceback
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = f"{type(error).__name__}: {error}\n\n" + "".join(traceback.format_exception(error))
+    atomic_write(out_dir / "error.txt", text)
+
+
 def write_metrics(out_dir: Path, metrics: dict) -> None:
     atomic_write(out_dir / "metrics.json", json.dumps(clean_metrics(metrics), indent=2) + "\n")
 

@@ -1,5 +1,8 @@
-"""Experiment loggers. Every run always writes its results to the Hydra run folder; `none` adds
-nothing to that (W&B comes next)."""
+"""Experiment loggers. Every run always writes its results to its Hydra run folder; a logger adds a
+copy elsewhere. `none`: nothing more. `wandb`: one W&B run per job (offline unless configured).
+
+A logger has `start(config, out_dir)`, `finish(metrics, out_dir, error)`; the CLI calls
+`finish` in a `finally`, so a failing job's run is closed too (and marked failed)."""
 
 from dataclasses import dataclass
 
@@ -8,8 +11,8 @@ from dataclasses import dataclass
 class NoLogger:
     """Results stay in the run folder only."""
 
-    def log(self, metrics: dict, files: dict | None = None) -> None:
+    def start(self, config: dict, out_dir) -> None:
         return None
 
-    def close(self) -> None:
+    def finish(self, metrics: dict, out_dir, error: BaseException | None = None) -> None:
         return None
