@@ -34,13 +34,14 @@ def seed_everything(seed: int) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from anatomy.errors import AnatomyError
     from anatomy.outputs import summary, write_failure
     from anatomy.pipeline import run
 
@@ -66,6 +67,11 @@ def main(cfg: DictConfig) -> None:
         logger.finish(metrics, out_dir, error)
     if error is None:
         print(summary(metrics, out_dir / "hypotheses.csv"))
+    if cfg.objective:
+        if cfg.objective not in metrics:
+            raise AnatomyError(f"objective {cfg.objective!r} is not among this job's metrics")
+        return float(metrics[cfg.objective])
+    return None
 
 
 def _threads_per_job(hydra_cfg) -> int:

@@ -57,4 +57,6 @@ def score(named: list[str | None], concepts: list[Concept]) -> dict[str, float]:
     metrics = {f"audit/found/{name}": value for name, value in found.items()}
     metrics["audit/recall"] = sum(found[n] for n in spurious) / len(spurious) if spurious else float("nan")
     metrics["audit/precision"] = sum(isinstance(n, str) for n in named) / len(named) if named else float("nan")
+    r, p = metrics["audit/recall"], metrics["audit/precision"]
+    metrics["audit/f1"] = 2 * r * p / (r + p) if named and spurious and r + p > 0 else float("nan")
     return metrics
