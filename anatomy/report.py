@@ -1,6 +1,6 @@
-"""Gather a sweep: every job's overrides and metrics into one CSV, and a grouped summary.
+"""Gather a sweep: every job's overrides and metrics into one CSV, a grouped summary and a figure.
 
-    anatomy-report multirun/2026-11-21/12-00-00-000000              # writes report.csv + report.md there
+    anatomy-report multirun/2026-11-21/12-00-00-000000   # writes report.csv, report.md, report.png, report.html
     anatomy-report SWEEP_DIR --metrics eval/shift/markdown eval/heldout_accuracy --over seed
 
 Jobs are grouped by their overrides except those named by --over (default: seed); each metric is
@@ -64,8 +64,57 @@ def main(argv: list[str] | None = None) -> None:
     text = summary.to_markdown(index=False) if _has_tabulate() else summary.to_string(index=False)
     failed = table[table["status"] == "failed"]["job"].tolist()
     (args.sweep_dir / "report.md").write_text(text + ("\n\nfailed jobs: " + ", ".join(failed) if failed else "") + "\n")
+    figure = plot(table, args.over, args.sweep_dir / "report.png")
+    write_html(args.sweep_dir / "report.html", summary, figure, failed)
     print(text)
-    print(f"\n{len(table)} jobs ({len(failed)} failed); wrote {args.sweep_dir / 'report.csv'} and report.md")
+    print(f"\n{len(table)} jobs ({len(failed)} failed); wrote report.csv, report.md, report.png, report.html "
+          f"in {args.sweep_dir}")
+
+
+def plot(table: pd.DataFrame, over: list[str], path: Path) -> Path | None:
+    """Each concept's learned shift by the swept setting, mean with sd error bars over `over` (seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ok = table[table["status"] == "ok"]
+    shifts = sorted(c for c in ok.columns if c.startswith("eval/shift/"))
+    keys = [c for c in ok.columns if c.startswith("override/") and c.split("/", 1)[1] not in over
+            and c != "override/experiment"]
+    if not shifts or ok.empty:
+        return None
+    label = ok[keys].astype(str).agg(" ".join, axis=1) if keys else pd.Series("all", index=ok.index)
+    groups = sorted(label.unique())
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(shifts) * max(1, len(groups)) / 3), 4))
+    width = 0.8 / len(groups)
+    for i, g in enumerate(groups):
+        rows = ok[label == g]
+        mean, sd = rows[shifts].mean(), rows[shifts].std(ddof=1).fillna(0)
+        ax.bar(np.arange(len(shifts)) + i * width, mean.values, width, yerr=sd.values, capsize=3, label=g)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(shifts)) + width * (len(groups) - 1) / 2)
+    ax.set_xticklabels([s.split("/")[-1] for s in shifts], rotation=20)
+    ax.set_ylabel("learned shift (log-prob margin change)")
+    ax.set_title(f"learned shift per concept, mean ± sd over {', '.join(over) or 'jobs'}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_html(path: Path, summary: pd.DataFrame, figure: Path | None, failed: list[str]) -> None:
+    import base64
+
+    img = ""
+    if figure is not None:
+        data = base64.b64encode(figure.read_bytes()).decode()
+        img = f'<img alt="learned shift per concept" src="data:image/png;base64,{data}">'
+    fails = f"<p>failed jobs: {', '.join(failed)}</p>" if failed else ""
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>anatomy sweep report</title></head>"
+                    f"<body><h1>anatomy sweep report</h1>{img}{summary.to_html(index=False)}{fails}</body></html>\n")
 
 
 def _has_tabulate() -> bool:
