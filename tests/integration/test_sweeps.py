@@ -1,0 +1,125 @@
+"""Studies as sweeps: the stage cache across jobs, W&B read-back, reproduction from a run's saved
+config, failures that do not stop a sweep, an interrupted sweep resumed, and the sweep report.
+These run the real `anatomy` command in subprocesses, on the small study (its model and SAE come
+from the session's stage cache)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import AUDIT, SMALL
+
+pytestmark = pytest.mark.slow
+STABLE = lambda m: {k: v for k, v in m.items() if not k.startswith(("timing/", "cache/"))}  # noqa: E731
+
+
+def anatomy(cwd: Path, *args: str, cache: str | None = None, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "ANATOMY_CACHE": cache or os.environ["ANATOMY_CACHE"]}
+    return subprocess.run([sys.executable, "-m", "anatomy.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900, **popen)
+
+
+def metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_second_job_reuses_the_cached_stages(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = anatomy(tmp_path, "-m", *SMALL, "trainer=dpo", "trainer.epochs=0.5", "eval.compare_baseline=false",
+                   "intervention=none,data_filtering", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    second = metrics(sweep / "1")
+    for stage in ("model", "sae", "features", "hypotheses"):
+        assert second[f"cache/{stage}"] == 1.0, stage
+    assert second["intervention/n_dropped"] > 0 and "eval/heldout_accuracy" in second
+    assert metrics(sweep / "0")["intervention/n_edits"] == 0.0
+
+
+def test_wandb_offline_run_reads_back(tmp_path):
+    done = anatomy(tmp_path, *SMALL, *AUDIT, "logger=wandb")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs").glob("*/*/wandb/offline-run-*")
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    read = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert read.returncode == 0, read.stderr
+    record = json.loads(read.stdout)
+    on_disk = metrics(run_dir.parents[1])
+    assert record["summary"]["audit/n_tested"] == on_disk["audit/n_tested"]
+    assert record["summary"]["audit/n_significant"] == on_disk["audit/n_significant"]
+    assert record["config"]["data"]["n_pairs"] == 400
+    assert record["state"] in ("finished", "completed", "FINISHED", "success") or record.get("exit_code") == 0
+
+
+def test_rerun_from_saved_config_reproduces_exactly(tmp_path):
+    first = anatomy(tmp_path, *SMALL, *AUDIT, "hydra.run.dir=first")
+    assert first.returncode == 0, first.stderr[-3000:]
+    # Everything recomputed from scratch (a fresh cache), from the run's own record of its config.
+    fresh = str(tmp_path / "fresh-cache")
+    again = anatomy(tmp_path, "--config-path", str(tmp_path / "first" / ".hydra"), "--config-name", "config",
+                    "hydra.run.dir=again", cache=fresh)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert metrics(tmp_path / "again")["cache/model"] == 0.0
+    assert (tmp_path / "again" / "hypotheses.csv").read_text() == (tmp_path / "first" / "hypotheses.csv").read_text()
+    assert STABLE(metrics(tmp_path / "again")) == STABLE(metrics(tmp_path / "first"))
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = anatomy(tmp_path, "-m", *SMALL, *AUDIT, "hypothesis.alpha=0.05,2.0", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert metrics(sweep / "0")["audit/n_tested"] > 0
+    error = (sweep / "1" / "error.txt").read_text()
+    assert "alpha" in error.splitlines()[0]
+    assert not (sweep / "1" / "metrics.json").exists()
+
+
+def test_interrupted_sweep_resumes_from_the_cache(tmp_path):
+    args = ("-m", *SMALL, *AUDIT, "hypothesis.min_effect=0.2,0.3,0.4,0.5")
+    env_cache = str(tmp_path / "cache")  # its own cache: the first job builds the model and SAE
+    env = {**os.environ, "TQDM_DISABLE": "1", "ANATOMY_CACHE": env_cache}
+    proc = subprocess.Popen([sys.executable, "-m", "anatomy.cli", *args, f"hydra.sweep.dir={tmp_path / 'killed'}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while not (tmp_path / "killed" / "0" / "metrics.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the sweep ended before its first job finished"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "3" / "metrics.json").exists(), "killed too late to test anything"
+    # The kill leaves no half-written cache entry: every entry is complete (a temporary folder may remain).
+    entries = [p for p in Path(env_cache).glob("*/*") if p.is_dir() and not p.name.startswith(".tmp-")]
+    assert entries and all((p / ".complete").exists() for p in entries)
+    resumed = anatomy(tmp_path, *args, f"hydra.sweep.dir={tmp_path / 'resumed'}", cache=env_cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for job in range(4):
+        m = metrics(tmp_path / "resumed" / str(job))
+        assert m["cache/model"] == 1.0 and m["cache/sae"] == 1.0 and m["cache/features"] == 1.0
+    assert STABLE(metrics(tmp_path / "resumed" / "0")) == STABLE(metrics(tmp_path / "killed" / "0"))
+
+
+def test_report_gathers_a_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = anatomy(tmp_path, "-m", *SMALL, "trainer=dpo", "trainer.epochs=0.5", "eval.compare_baseline=false",
+                   "intervention=none,data_reweighting", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    from anatomy.report import main as report
+
+    report([str(sweep)])
+    import pandas as pd
+
+    table = pd.read_csv(sweep / "report.csv")
+    assert set(table["override/intervention"]) == {"none", "data_reweighting"}
+    assert "eval/shift/markdown" in table.columns
+    assert (sweep / "report.png").stat().st_size > 1000
+    assert "<img" in (sweep / "report.html").read_text()
