@@ -1,19 +1,39 @@
 """Benchmark: `Featurize().run` throughput against a bare forward pass of the model on the same batches.
 
-    python tests/benchmarks/bench_featurize.py [--pairs 800 --batch-size 32 --repeats 3]
+    python tests/benchmarks/bench_featurize.py [--pairs 800 --batch-size 32 --repeats 3 --threads 2]
 
-Builds the default study's pieces (SyntheticData(), TinyModel(), TrainSAE(); cached under
-$ANATOMY_CACHE, default /tmp/anatomy-bench-cache, so only the first run trains them), then times on
-the first --pairs train pairs (both responses after their prompt, --batch-size pairs per batch):
-the whole `Featurize(batch_size=...).run(model, sae, pairs)`; a bare full forward of the same padded
-batches (`model.model(input_ids, attention_mask)`, no hooks or SAE, tokenized outside the timing);
-and featurize's steps replicated one at a time (tokenize + pad, model up to the hook, SAE encode,
-pooling + sparse conversion, top-k tracking). Times are medians of --repeats; tokens are real
-(non-padding) tokens.
+Builds the default study's pieces (SyntheticData(), TinyModel(), TrainSAE()), cached under
+$ANATOMY_CACHE (default /tmp/anatomy-bench-cache): the first run trains them (several minutes),
+later runs load them in seconds. Then, on the first --pairs train pairs (both responses after their
+prompt, --batch-size pairs per batch), it times: the whole `Featurize(batch_size=...).run`; a bare
+full forward of the same padded batches (`model.model(input_ids=, attention_mask=)`, no hooks, no
+SAE, tokenized outside the timing); and featurize's steps replicated one by one (tokenize + pad,
+model up to the hook, SAE encode, pooling + sparse conversion, top-k tracking), each on the
+previous step's precomputed output. Medians of --repeats (all measurements take turns within each
+repeat); tokens/s count real, non-padding tokens.
 
-Measured on 2 cores (AMD EPYC, no GPU, torch 2 threads), default arguments:
+Measured on 2 cores (AMD EPYC, no GPU), default arguments, while other jobs kept the machine busy
+(load average ~5; no idle window came up in 30 minutes), so absolute numbers are pessimistic:
 
-    (filled in below)
+    machine     AMD EPYC, 2 cores, torch 2.13.0+cpu on 2 threads; load average 4.9 -> 6.3
+    batches     800 pairs = 1600 sequences in 25 batches of 32 pairs; 83,510 tokens (60,680 response; 125,312 with padding)
+    model, SAE  tiny LM 4 layers x d_model 128; SAE blocks.2.hook_resid_post, d_sae 512; median of 3 runs
+    featurize      20.24 s     4,126 tok/s total     2,998 tok/s response
+    bare forward   31.83 s     2,624 tok/s total
+    ratio         featurize / bare forward tokens/s = 1.57
+    featurize, step by step (each timed on its own):
+      tokenize + pad      0.35 s   1.7%
+      model up to hook   15.52 s  76.7%
+      SAE encode          3.09 s  15.3%
+      pool + sparse       0.03 s   0.2%
+      top-k tracking      0.89 s   4.4%
+      rest (the loop)     0.36 s   1.8%  (total minus steps; noisy)
+
+Right after, with --threads 1 (same load): featurize 6.19 s (13,481 tok/s total, 9,795 response),
+bare forward 7.42 s (11,249 tok/s), ratio 1.20; model up to hook 89%, SAE encode 10%, tokenize 5%.
+On a busy machine 2 torch threads are 3-5x slower than 1 (each op waits for a descheduled thread).
+Featurize beats the bare forward because it stops at the hook (layer 2 of 0-3) and skips the LM
+head. A third of the model's work is padding (125k padded vs 84k real tokens).
 """
 
 from __future__ import annotations
@@ -24,6 +44,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("ANATOMY_CACHE", "/tmp/anatomy-bench-cache")
@@ -45,13 +66,23 @@ from anatomy.models.tiny import TinyModel
 from anatomy.saes.train import TrainSAE
 
 
-def median_time(fn, repeats):
-    times = []
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def median_times(fns, repeats):
+    """Median seconds of each fn; the fns take turns in every repeat, so they share any background load."""
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def tokenize(tok, batches, max_length):
@@ -77,11 +108,13 @@ def main():
     ap.add_argument("--pairs", type=int, default=800, help="train pairs featurized (at most the train split)")
     ap.add_argument("--batch-size", type=int, default=32, help="pairs per batch (two sequences each)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    warnings.filterwarnings("ignore", message="index_reduce")  # featurize's max pooling: "in beta"
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    print(f"ANATOMY_CACHE={os.environ['ANATOMY_CACHE']}")
+    print(f"ANATOMY_CACHE={os.environ['ANATOMY_CACHE']} (data, tiny LM and SAE; the first run builds them, minutes)")
     t0 = time.perf_counter()
     data = SyntheticData().load()
     texts = data.texts()
@@ -99,21 +132,15 @@ def main():
     n_resp = sum(int(r.sum()) for _, _, r in padded)
     n_padded = sum(ids.numel() for ids, _, _ in padded)
 
-    featurize_s = median_time(lambda: cfg.run(model, sae, pairs), args.repeats)
-
     @torch.no_grad()
     def bare():
         for ids, mask, _ in padded:
             net(input_ids=ids, attention_mask=mask)
 
-    bare_s = median_time(bare, args.repeats)
-
     # featurize's steps one at a time, each on the previous step's (precomputed) outputs
     @torch.no_grad()
     def to_hook():
         return [capture(net, sae.hook, ids, mask) for ids, mask, _ in padded]
-
-    acts = to_hook()
 
     @torch.no_grad()
     def sae_encode():
@@ -122,8 +149,6 @@ def main():
             z = sae.sae.encode(a[resp].to(sae.sae.dtype))
             out.append((z.to_dense() if z.is_sparse else z).float().cpu())
         return out
-
-    token_acts = sae_encode()
 
     def pool():
         rows = []
@@ -144,29 +169,36 @@ def main():
             top_where = torch.cat([top_where, where]).gather(0, idx)
             seen += z.shape[0]
 
-    steps = {
-        "tokenize + pad": median_time(lambda: tokenize(tok, batches, cfg.max_length), args.repeats),
-        "model up to hook": median_time(to_hook, args.repeats),
-        "SAE encode": median_time(sae_encode, args.repeats),
-        "pool + sparse": median_time(pool, args.repeats),
-        "top-k tracking": median_time(top_k, args.repeats),
-    }
+    acts = to_hook()
+    token_acts = sae_encode()
+    load_before = os.getloadavg()[0]
+    t = median_times({
+        "featurize": lambda: cfg.run(model, sae, pairs),
+        "bare forward": bare,
+        "tokenize + pad": lambda: tokenize(tok, batches, cfg.max_length),
+        "model up to hook": to_hook,
+        "SAE encode": sae_encode,
+        "pool + sparse": pool,
+        "top-k tracking": top_k,
+    }, args.repeats)
+    featurize_s, bare_s = t.pop("featurize"), t.pop("bare forward")
 
-    rate = lambda n, s: f"{n / s:>10,.0f} tok/s"  # noqa: E731
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; median of {args.repeats}")
-    print(f"pairs {len(pairs)} ({2 * len(pairs)} sequences, {len(batches)} batches of {cfg.batch_size} pairs); "
-          f"tokens {n_total:,} ({n_resp:,} response, {n_padded:,} padded); "
-          f"d_sae {sae.d_sae}, hook {sae.hook} of {model.spec.n_layers} layers")
-    print(f"featurize     {featurize_s:7.3f} s  {rate(n_total, featurize_s)} total  {rate(n_resp, featurize_s)} response")
-    print(f"bare forward  {bare_s:7.3f} s  {rate(n_total, bare_s)} total")
-    print(f"featurize / bare forward (tokens/s)  {bare_s / featurize_s:.2f}x")
-    print("featurize breakdown (steps timed separately):")
-    for name, s in steps.items():
-        print(f"  {name:<17} {s:7.3f} s  {100 * s / featurize_s:5.1f}%")
-    rest = featurize_s - sum(steps.values())
-    print(f"  {'rest (loop, tqdm)':<17} {rest:7.3f} s  {100 * rest / featurize_s:5.1f}%")
-
+    load = (load_before, os.getloadavg()[0])
+    rate = lambda n, sec: f"{n / sec:>9,.0f} tok/s"  # noqa: E731
+    print(f"machine     {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} on "
+          f"{torch.get_num_threads()} threads; load average {load[0]:.1f} -> {load[1]:.1f}")
+    print(f"batches     {len(pairs)} pairs = {2 * len(pairs)} sequences in {len(batches)} batches of "
+          f"{cfg.batch_size} pairs; {n_total:,} tokens ({n_resp:,} response; {n_padded:,} with padding)")
+    print(f"model, SAE  tiny LM {model.spec.n_layers} layers x d_model {model.spec.d_model}; "
+          f"SAE {sae.hook}, d_sae {sae.d_sae}; median of {args.repeats} runs")
+    print(f"featurize     {featurize_s:6.2f} s {rate(n_total, featurize_s)} total {rate(n_resp, featurize_s)} response")
+    print(f"bare forward  {bare_s:6.2f} s {rate(n_total, bare_s)} total")
+    print(f"ratio         featurize / bare forward tokens/s = {bare_s / featurize_s:.2f}")
+    print("featurize, step by step (each timed on its own):")
+    for name, sec in t.items():
+        print(f"  {name:<17} {sec:6.2f} s {100 * sec / featurize_s:5.1f}%")
+    rest = featurize_s - sum(t.values())
+    print(f"  {'rest (the loop)':<17} {rest:6.2f} s {100 * rest / featurize_s:5.1f}%  (total minus steps; noisy)")
 
 if __name__ == "__main__":
     main()
