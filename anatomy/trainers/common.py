@@ -53,6 +53,19 @@ class WeightCollator:
         return out
 
 
+class WeightColumn:
+    """Mixin for a TRL trainer: keep the dataset's `weight` column and collate it into the batch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_collator = WeightCollator(self.data_collator)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "weight" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "weight"]
+
+
 def trl_args(config_class, out_dir: str, cfg, **extra):
     return config_class(
         output_dir=out_dir, per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,

@@ -16,20 +16,11 @@ from trl import RewardConfig, RewardTrainer
 
 from anatomy.errors import AnatomyError
 from anatomy.models.hooks import hooks
-from anatomy.trainers.common import Trained, WeightCollator, frozen_copy, trl_args, weighted_rows
+from anatomy.trainers.common import Trained, WeightColumn, frozen_copy, trl_args, weighted_rows
 
 
-class WeightedRewardTrainer(RewardTrainer):
+class WeightedRewardTrainer(WeightColumn, RewardTrainer):
     """RewardTrainer whose loss weights each pair by the dataset's `weight` column."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.data_collator = WeightCollator(self.data_collator)
-
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        if "weight" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "weight"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         weight = inputs.pop("weight", None)
