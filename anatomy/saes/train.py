@@ -7,6 +7,7 @@ Activations of every token of every (prompt, response) are read through the name
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +52,8 @@ class TrainSAE:
         parse_hook(self.hook, spec.n_layers)
 
     def load(self, model: LoadedModel, texts: list[tuple[str, str]], model_key: str) -> tuple[LoadedSAE, bool]:
-        key = {"sae": asdict(self), "model": model_key, "texts": len(texts)}
+        corpus = hashlib.sha256("\0".join(p + "\1" + r for p, r in texts).encode()).hexdigest()
+        key = {"sae": asdict(self), "model": model_key, "texts": corpus}
         folder, hit = cached_dir("sae", key, lambda d: self.build(model, texts, d))
         from sae_lens import SAE
 
