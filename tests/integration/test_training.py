@@ -1,0 +1,366 @@
+"""Decide -> intervene -> train -> evaluate with real TRL training, on the small synthetic study.
+
+The tiny model and SAE are the small default study's (built once per test session, then cached);
+each DPO / reward-model run trains on the study's ~320 training pairs for 2 epochs.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anatomy.errors import AnatomyError
+from anatomy.interventions.plan import Plan
+from conftest import SMALL, compose, run_study
+
+MARKDOWN = 'select.block=[key,recap,note,"**","##","-"]'  # strings naming the planted markdown concept
+HOOK = "blocks.2.hook_resid_post"  # the small study's SAE hook
+
+
+def n_hooks(module: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+@pytest.fixture(scope="module")
+def study():
+    """The small study's data and its (cached) tiny model."""
+    from hydra.utils import instantiate
+
+    cfg = compose(*SMALL)
+    data = instantiate(cfg.data).load()
+    model, _ = instantiate(cfg.model).load(data.texts())
+    return data, model
+
+
+@pytest.fixture
+def no_model_is_built(monkeypatch):
+    """Fail the test if anything loads or builds the model or the SAE."""
+    from anatomy.models.tiny import TinyModel
+    from anatomy.saes.train import TrainSAE
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model or SAE was loaded before the bad input was caught")
+
+    for cls in (TinyModel, TrainSAE):
+        monkeypatch.setattr(cls, "load", forbidden)
+
+
+# -- weighted DPO ------------------------------------------------------------------------------
+
+
+def _dpo_trainer(model, pairs, out_dir):
+    """A WeightedDPOTrainer built as `DPO.train` builds it, with the whole set in one batch."""
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from anatomy.trainers.common import frozen_copy, trl_args, weighted_rows
+    from anatomy.trainers.dpo import DPO, WeightedDPOTrainer
+
+    dpo = DPO(batch_size=len(pairs))
+    reference = frozen_copy(model.model)
+    policy = frozen_copy(model.model)
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    args = trl_args(DPOConfig, str(out_dir), dpo, beta=dpo.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"])
+    trainer = WeightedDPOTrainer(model=policy, ref_model=reference, args=args,
+                                 train_dataset=Dataset.from_list(weighted_rows(pairs, None)),
+                                 processing_class=model.tokenizer)
+    return trainer, policy, reference, dpo.beta
+
+
+@torch.no_grad()
+def _sequence_logps(model, batch):
+    """Summed completion log-probs of each row, computed here independently of TRL."""
+    ids, completion = batch["input_ids"], batch["completion_mask"]
+    logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return (logps * completion[:, 1:]).sum(dim=1)
+
+
+def test_weighted_dpo_loss_is_trls_loss_with_unit_weights(study, tmp_path):
+    from trl import DPOTrainer
+
+    data, model = study
+    n = 6
+    trainer, policy, reference, beta = _dpo_trainer(model, data.train[:n], tmp_path)
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy away from the reference, so margins are not all 0
+        for p in policy.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert torch.equal(batch["weight"], torch.ones(n))
+    assert batch["input_ids"].shape[0] == 2 * n  # chosen rows, then rejected rows
+    stock_inputs = {k: v for k, v in batch.items() if k != "weight"}
+
+    stock = DPOTrainer._compute_loss(trainer, policy, dict(stock_inputs), False)
+    ours = trainer._compute_loss(policy, dict(batch), False)
+    assert abs(ours.item() - stock.item()) < 1e-6
+    assert abs(stock.item() - np.log(2)) > 1e-3  # a real comparison, not two log(2)s
+
+    # the per-pair loss, from log-probs computed here
+    ref_chosen, ref_rejected = _sequence_logps(reference, batch).chunk(2)
+    assert torch.allclose(ref_chosen, batch["ref_chosen_logps"], atol=1e-3)
+    assert torch.allclose(ref_rejected, batch["ref_rejected_logps"], atol=1e-3)
+    chosen, rejected = _sequence_logps(policy, batch).chunk(2)
+    margin = (chosen - batch["ref_chosen_logps"]) - (rejected - batch["ref_rejected_logps"])
+    per_pair = -F.logsigmoid(beta * margin)
+    assert stock.item() == pytest.approx(per_pair.mean().item(), abs=1e-5)
+
+    # a weight of 2 on one pair: the mean of w * loss_i
+    weight = torch.ones(n)
+    weight[2] = 2.0
+    doubled = trainer._compute_loss(policy, {**batch, "weight": weight}, False)
+    assert doubled.item() == pytest.approx((weight * per_pair).mean().item(), abs=1e-5)
+    assert doubled.item() - ours.item() == pytest.approx(per_pair[2].item() / n, abs=1e-6)
+    # and the gradient flows through the weighted loss
+    doubled.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
+
+
+# -- hooks never outlive training --------------------------------------------------------------
+
+
+def _recording_hooks(monkeypatch, module):
+    """Wrap `module.hooks` to record every model the trainer hooks."""
+    seen = []
+    real = module.hooks
+
+    @contextmanager
+    def recording(model, fns):
+        seen.append(model)
+        with real(model, fns):
+            assert n_hooks(model) == len(fns)
+            yield
+
+    monkeypatch.setattr(module, "hooks", recording)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["dpo", "reward_model"])
+def test_hooks_are_removed_when_training_raises(study, monkeypatch, kind):
+    from anatomy.trainers import dpo as dpo_module
+    from anatomy.trainers import reward as reward_module
+
+    data, model = study
+    module, trainer = {
+        "dpo": (dpo_module, dpo_module.DPO(batch_size=4, epochs=1.0)),
+        "reward_model": (reward_module, reward_module.RewardModel(batch_size=4, epochs=1.0)),
+    }[kind]
+    seen = _recording_hooks(monkeypatch, module)
+    calls = []
+
+    def edit(act):
+        calls.append(act.shape)
+        if len(calls) == 3:
+            raise RuntimeError("the edit failed on its 3rd call")
+        return act
+
+    with pytest.raises(RuntimeError, match="3rd call"):
+        trainer.train(model, data.train[:16], Plan(edits={HOOK: edit}))
+    assert len(calls) == 3 and len(seen) == 1
+    assert n_hooks(seen[0]) == 0  # the policy being trained
+    assert n_hooks(model.model) == 0
+
+
+def test_hooks_are_removed_after_a_normal_training_run(study, monkeypatch):
+    from anatomy.trainers import dpo as dpo_module
+
+    data, model = study
+    seen = _recording_hooks(monkeypatch, dpo_module)
+    calls = []
+
+    def edit(act):
+        calls.append(1)
+        return act * 1.0
+
+    trained = dpo_module.DPO(batch_size=8, epochs=1.0).train(model, data.train[:16], Plan(edits={HOOK: edit}))
+    assert len(calls) >= 2  # one forward per step: the edit was active during training
+    assert seen == [trained.policy]
+    for module in (trained.policy, trained.reference, model.model):
+        assert n_hooks(module) == 0
+    n = len(calls)
+    with torch.no_grad():
+        trained.policy(input_ids=torch.tensor([[1, 2, 3]]))
+    assert len(calls) == n  # the edit no longer runs
+    assert not trained.policy.training
+    assert trained.report["train/pairs"] == 16.0 and trained.report["train/steps"] == 2.0
+
+
+# -- the whole loop: block markdown by reweighting ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reweighted(tmp_path_factory):
+    return run_study(tmp_path_factory.mktemp("reweighted"), *SMALL, "trainer=dpo", "eval=default",
+                     "eval.compare_baseline=true", "intervention=data_reweighting", MARKDOWN)
+
+
+def test_the_selection_names_the_markdown_concept(reweighted):
+    import pandas as pd
+
+    metrics, out = reweighted
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["block"] and not selection["amplify"]
+    assert metrics["select/n_block"] == len(selection["block"])
+    table = pd.read_csv(out / "hypotheses.csv").set_index("feature")
+    named = table.loc[selection["block"], "concept"]
+    assert (named == "markdown").all(), named.to_dict()
+    assert set(selection["features"]) == {str(f) for f in selection["block"]}
+
+
+def test_the_baseline_learns_markdown(reweighted):
+    metrics, _ = reweighted
+    shift, se = metrics["eval/baseline/shift/markdown"], metrics["eval/baseline/shift_se/markdown"]
+    assert shift > 0 and shift > 3 * se, (shift, se)
+
+
+def test_reweighting_removes_most_of_the_learned_markdown_shift(reweighted):
+    metrics, _ = reweighted
+    assert metrics["eval/shift/markdown"] < 0.2 * metrics["eval/baseline/shift/markdown"], (
+        metrics["eval/shift/markdown"], metrics["eval/baseline/shift/markdown"])
+    assert metrics["intervention/effective_sample_size"] < metrics["intervention/n_pairs"]
+
+
+@pytest.mark.xfail(strict=True, reason="the claim does not hold at SMALL size (not a code bug: the weighted data "
+                   "do make markdown independent of the preference): seed 0 measured 0.5625 vs the baseline's 0.6875, "
+                   "seed 1 0.6375 vs 0.85; the held-out pairs carry the same planted markdown correlation, and the "
+                   "reweighted model over-corrects to a negative markdown shift")
+def test_reweighting_keeps_heldout_accuracy(reweighted):
+    metrics, _ = reweighted
+    assert metrics["eval/heldout_accuracy"] >= 0.9 * metrics["eval/baseline/heldout_accuracy"], (
+        metrics["eval/heldout_accuracy"], metrics["eval/baseline/heldout_accuracy"])
+
+
+def test_the_run_folder_has_metrics_and_the_trained_model(reweighted, study):
+    from transformers import AutoModelForCausalLM
+
+    metrics, out = reweighted
+    data, _ = study
+    on_disk = json.loads((out / "metrics.json").read_text())
+    concepts = {p.concept for p in data.probes}
+    assert {"markdown", "sycophancy", "verbosity", "hedging", "refusal"} <= concepts
+    keys = ["eval/heldout_accuracy", "eval/heldout_accuracy_before", "intervention/effective_sample_size",
+            *[f"eval/shift/{c}" for c in concepts]]
+    for key in keys:
+        assert key in on_disk and np.isfinite(on_disk[key]), key
+        assert on_disk[key] == pytest.approx(metrics[key])
+    assert on_disk["eval/heldout_accuracy_before"] == 0.5  # every implicit margin is 0 before training
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert n_hooks(model) == 0
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 5, 9]])).logits
+    assert logits.shape[:2] == (1, 3) and torch.isfinite(logits).all()
+
+
+def test_amplifying_refusal_raises_its_learned_shift(reweighted, tmp_path):
+    """Compared with the reweighting run's baseline: the same trainer, seed and data, without a plan."""
+    baseline, _ = reweighted
+    # "sorry" and "cannot" name no significant hypothesis in the small study; "help" does (refusal)
+    metrics, out = run_study(tmp_path, *SMALL, "trainer=dpo", "eval=default", "eval.compare_baseline=false",
+                             "intervention=data_reweighting", "select.block=[]", "select.amplify=[sorry,cannot,help]")
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["amplify"] and not selection["block"]
+    assert metrics["eval/shift/refusal"] > baseline["eval/baseline/shift/refusal"], (
+        metrics["eval/shift/refusal"], baseline["eval/baseline/shift/refusal"])
+
+
+# -- the reward model, with a probe file -------------------------------------------------------
+
+
+def _probe_rows(data, n=24):
+    """The data's own markdown and refusal probes under new concept names."""
+    rows = []
+    for concept, name in (("markdown", "my_markdown"), ("refusal", "my_refusal")):
+        probes = [p for p in data.probes if p.concept == concept][:n]
+        rows += [{"concept": name, "prompt": p.prompt, "positive": p.positive, "negative": p.negative} for p in probes]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def reward_run(tmp_path_factory, study):
+    data, _ = study
+    folder = tmp_path_factory.mktemp("reward")
+    probes = folder / "probes.jsonl"
+    probes.write_text("".join(json.dumps(r) + "\n" for r in _probe_rows(data)))
+    return run_study(folder / "run", *SMALL, "trainer=reward_model", "eval=default", "intervention=none",
+                     f"eval.probes={probes}")
+
+
+def test_reward_model_learns_the_preference(reward_run):
+    metrics, out = reward_run
+    assert metrics["train/steps"] > 0 and metrics["train/pairs"] == metrics["data/train"]
+    assert metrics["eval/heldout_accuracy"] > 0.5, metrics["eval/heldout_accuracy"]
+    assert "eval/baseline/heldout_accuracy" not in metrics  # no intervention: nothing to compare
+    assert (out / "model").is_dir()
+
+
+def test_a_probe_file_replaces_the_data_probes(reward_run):
+    metrics, _ = reward_run
+    shifts = {k.rsplit("/", 1)[-1] for k in metrics if k.startswith("eval/shift/")}
+    assert shifts == {"my_markdown", "my_refusal"}
+    assert all(np.isfinite(metrics[f"eval/shift/{c}"]) for c in shifts)
+    assert metrics["eval/shift_se/my_markdown"] > 0
+
+
+# -- bad input is caught before any model is built ---------------------------------------------
+
+
+def test_a_feature_intervention_without_a_trainer_is_an_error(tmp_path, no_model_is_built):
+    with pytest.raises(AnatomyError, match="trainer"):
+        run_study(tmp_path, *SMALL, "intervention=feature_ablation", "trainer=none", MARKDOWN)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_data_intervention_without_a_selection_is_an_error(tmp_path, no_model_is_built):
+    with pytest.raises(AnatomyError, match=r"select\.block"):
+        run_study(tmp_path, *SMALL, "intervention=data_filtering", "trainer=dpo", "eval=default",
+                  "select.block=[]", "select.amplify=[]")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("bad_row, match", [
+    ({"concept": "x", "prompt": "Q", "positive": "a"}, r"row 1 lacks \['negative'\]"),
+    ({"concept": "x", "prompt": "Q", "positive": "", "negative": "b"}, "row 1 has an empty or non-string field"),
+    ({"concept": 3, "prompt": "Q", "positive": "a", "negative": "b"}, "row 1 has an empty or non-string field"),
+])
+def test_a_malformed_probe_file_is_an_error_naming_the_row(tmp_path, no_model_is_built, bad_row, match):
+    probes = tmp_path / "probes.jsonl"
+    good = {"concept": "x", "prompt": "Q", "positive": "a", "negative": "b"}
+    probes.write_text(json.dumps(good) + "\n" + json.dumps(bad_row) + "\n")
+    with pytest.raises(AnatomyError, match=match) as err:
+        run_study(tmp_path / "run", *SMALL, "trainer=dpo", "eval=default", "intervention=none",
+                  f"eval.probes={probes}")
+    assert str(probes) in str(err.value)
+
+
+@pytest.mark.xfail(strict=True, reason="evaluate.load_probes checks concept/positive/negative but not prompt: a "
+                   "non-string prompt passes, and the run fails in the tokenizer only after training")
+def test_a_probe_row_with_a_non_string_prompt_is_an_error(tmp_path, no_model_is_built):
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text(json.dumps({"concept": "x", "prompt": 5, "positive": "a", "negative": "b"}) + "\n")
+    with pytest.raises(AnatomyError, match="row 0"):
+        run_study(tmp_path / "run", *SMALL, "trainer=dpo", "eval=default", "intervention=none",
+                  f"eval.probes={probes}")
+
+
+@pytest.mark.xfail(strict=True, reason="evaluate.load_probes reads the file with data.files.read_rows, whose errors "
+                   "name data.path=..., not eval.probes")
+def test_a_missing_probe_file_is_an_error_naming_eval_probes(tmp_path, no_model_is_built):
+    with pytest.raises(AnatomyError, match=r"eval\.probes") as err:
+        run_study(tmp_path / "run", *SMALL, "trainer=dpo", "eval=default", "intervention=none",
+                  f"eval.probes={tmp_path / 'absent.jsonl'}")
+    assert "absent.jsonl" in str(err.value)
+
+
+@pytest.mark.xfail(strict=True, reason="pipeline.train_and_evaluate runs select even with intervention=none, so "
+                   "select strings that match nothing (e.g. config.yaml's default markdown list on other data) stop "
+                   "a plain training run with 'select: nothing selected'")
+def test_intervention_none_does_not_need_a_matching_selection(tmp_path):
+    metrics, _ = run_study(tmp_path, *SMALL, "trainer=dpo", "trainer.epochs=0.05", "eval=none", "intervention=none",
+                           "select.block=[no_such_token]")
+    assert metrics["train/steps"] >= 1
