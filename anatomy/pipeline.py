@@ -27,6 +27,7 @@ from anatomy.interventions.plan import Plan
 from anatomy.evidence import promoted_tokens, snippets, top_tokens
 from anatomy.hypotheses.ground_truth import name_concept, score
 from anatomy.outputs import write_metrics, write_outputs
+from anatomy.select import Selection
 
 log = logging.getLogger(__name__)
 NODES = ("data", "model", "sae", "featurize", "hypothesis", "evidence", "select", "intervention", "trainer", "eval",
@@ -179,7 +180,10 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, ou
     from anatomy.outputs import atomic_write
 
     metrics: dict[str, float] = {}
-    selection = stages.select.run(table)
+    if isinstance(stages.intervention, NoIntervention):  # nothing acts on a selection: do not require one
+        selection = Selection([], [], {}, {})
+    else:
+        selection = stages.select.run(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "selection.json", json.dumps(selection.to_json(), indent=2) + "\n")
     metrics.update(selection.report())

@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 
 def load_probes(path: str) -> list[Probe]:
-    rows = read_rows(path, "auto" if not path.endswith(".jsonl") else "jsonl")
+    try:
+        rows = read_rows(path)
+    except AnatomyError as err:
+        raise AnatomyError(str(err).replace("data.path=", "eval.probes=", 1)) from None
     probes = []
     for i, row in enumerate(rows):
         missing = [k for k in ("concept", "prompt", "positive", "negative") if k not in row]
@@ -38,6 +41,8 @@ def load_probes(path: str) -> list[Probe]:
             raise AnatomyError(f"eval.probes={path!r}: row {i} lacks {missing}")
         if not all(isinstance(row[k], str) and row[k] for k in ("concept", "positive", "negative")):
             raise AnatomyError(f"eval.probes={path!r}: row {i} has an empty or non-string field")
+        if row["prompt"] is not None and not isinstance(row["prompt"], str):
+            raise AnatomyError(f"eval.probes={path!r}: row {i}: prompt is not a string")
         probes.append(Probe(row["concept"], row["prompt"] or "", row["positive"], row["negative"]))
     return probes
 

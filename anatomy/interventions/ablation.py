@@ -1,6 +1,6 @@
 """Feature ablation: during training, remove the blocked concept from the residual stream.
 
-The blocked features' SAE decoder directions are orthonormalized (QR) into Q, and at the SAE's hook,
+The blocked features' SAE decoder directions are orthonormalized (an SVD basis of their span) into Q, and at the SAE's hook,
 on every token, the activation x becomes x - (x Q) Q^T. Nothing is added; amplified features are
 not used (ablation can only take a concept away). The hook is removed after training.
 """
@@ -23,7 +23,9 @@ class FeatureAblation:
         if not selection.block:
             raise AnatomyError("intervention=feature_ablation needs blocked features: set select.block=[...]")
         directions = sae.sae.W_dec[torch.tensor(selection.block)].detach().float()  # (n, d_model)
-        q, _ = torch.linalg.qr(directions.T)  # (d_model, n), orthonormal columns
+        # An orthonormal basis of their span (SVD, so dependent directions add no spurious column).
+        u, s, _ = torch.linalg.svd(directions.T, full_matrices=False)
+        q = u[:, s > s.max() * 1e-5]  # (d_model, rank)
 
         def ablate(act: torch.Tensor) -> torch.Tensor:
             basis = q.to(act.device, act.dtype)

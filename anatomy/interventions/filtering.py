@@ -25,8 +25,10 @@ class DataFiltering:
         if not selection.block:
             raise AnatomyError("intervention=data_filtering needs blocked features: set select.block=[...]")
         blocked = concept_difference(features, selection.block, selection.directions)
-        amplified = concept_difference(features, selection.amplify, selection.directions)
-        keep = ~((blocked > self.threshold) & ~(amplified > self.threshold))
+        explained = blocked > self.threshold
+        if selection.amplify:  # amplified concepts keep the pairs they favour
+            explained &= ~(concept_difference(features, selection.amplify, selection.directions) > self.threshold)
+        keep = ~explained
         if not keep.any():
             raise AnatomyError(f"data_filtering at threshold {self.threshold} drops every pair")
         weights = keep.astype(np.float64)

@@ -30,11 +30,11 @@ class FeatureSteering:
         if not feats:
             raise AnatomyError("intervention=feature_steering needs select.block or select.amplify")
         w_dec = sae.sae.W_dec.detach().float()
-        pooled = features.chosen + features.rejected  # typical strength: mean of the nonzero pooled values
+        chosen, rejected = features.chosen.tocsc(), features.rejected.tocsc()
         vector = torch.zeros(w_dec.shape[1])
-        for f in feats:
-            col = pooled[:, f].data
-            strength = float(np.mean(col)) / 2 if len(col) else 1.0
+        for f in feats:  # typical strength: the mean pooled activation over responses where it is active
+            active = np.concatenate([chosen[:, [f]].data, rejected[:, [f]].data])
+            strength = float(active.mean()) if len(active) else 1.0
             sign = 1.0 if f in selection.block else -1.0
             vector += sign * strength * w_dec[f] / w_dec[f].norm()
         vector *= self.coefficient

@@ -338,8 +338,6 @@ def test_a_malformed_probe_file_is_an_error_naming_the_row(tmp_path, no_model_is
     assert str(probes) in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.load_probes checks concept/positive/negative but not prompt: a "
-                   "non-string prompt passes, and the run fails in the tokenizer only after training")
 def test_a_probe_row_with_a_non_string_prompt_is_an_error(tmp_path, no_model_is_built):
     probes = tmp_path / "probes.jsonl"
     probes.write_text(json.dumps({"concept": "x", "prompt": 5, "positive": "a", "negative": "b"}) + "\n")
@@ -348,8 +346,6 @@ def test_a_probe_row_with_a_non_string_prompt_is_an_error(tmp_path, no_model_is_
                   f"eval.probes={probes}")
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.load_probes reads the file with data.files.read_rows, whose errors "
-                   "name data.path=..., not eval.probes")
 def test_a_missing_probe_file_is_an_error_naming_eval_probes(tmp_path, no_model_is_built):
     with pytest.raises(AnatomyError, match=r"eval\.probes") as err:
         run_study(tmp_path / "run", *SMALL, "trainer=dpo", "eval=default", "intervention=none",
@@ -357,9 +353,6 @@ def test_a_missing_probe_file_is_an_error_naming_eval_probes(tmp_path, no_model_
     assert "absent.jsonl" in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.train_and_evaluate runs select even with intervention=none, so "
-                   "select strings that match nothing (e.g. config.yaml's default markdown list on other data) stop "
-                   "a plain training run with 'select: nothing selected'")
 def test_intervention_none_does_not_need_a_matching_selection(tmp_path):
     metrics, _ = run_study(tmp_path, *SMALL, "trainer=dpo", "trainer.epochs=0.05", "eval=none", "intervention=none",
                            "select.block=[no_such_token]")

@@ -272,9 +272,6 @@ def test_filtering_errors():
         DataFiltering().plan(selection(amplify=[1]), _filter_features(), None)
 
 
-@pytest.mark.xfail(strict=True, reason="filtering.py: with no amplified feature, the amplified difference is all "
-                   "zeros, and with threshold < 0 `amplified > threshold` holds for every pair, so every pair is "
-                   "exempted and nothing is dropped (no error either)")
 def test_filtering_with_a_negative_threshold_and_no_amplified_concept_still_drops():
     feats = _filter_features()
     d = feats.chosen[:, 0].toarray().ravel() - feats.rejected[:, 0].toarray().ravel()
@@ -456,9 +453,6 @@ def test_ablation_needs_blocked_features(w_dec):
         FeatureAblation().plan(selection(amplify=[1]), None, fake_sae(w_dec))
 
 
-@pytest.mark.xfail(strict=True, reason="ablation.py orthonormalizes with a plain QR: with linearly dependent "
-                   "decoder directions (two identical rows) the extra column of Q is an arbitrary direction outside "
-                   "their span, which is removed too")
 def test_ablation_of_linearly_dependent_directions_removes_only_their_span(w_dec):
     w = w_dec.clone()
     w[3] = w[2]  # two features with the same decoder direction: a 1-dimensional span
@@ -493,9 +487,6 @@ def test_steering_adds_the_documented_vector(w_dec):
     assert torch.allclose(neg.edits["blocks.0.hook_resid_post"](x) - x, -expected.expand_as(x), atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="steering.py takes the mean of (chosen + rejected) over pairs where either is "
-                   "active, halved: a feature active in only one response of a pair counts at half its activation, "
-                   "not its 'mean activation when active' as documented")
 def test_steering_strength_is_the_mean_activation_when_active(w_dec):
     n, d_sae = 4, 12
     chosen, rejected = np.zeros((n, d_sae)), np.zeros((n, d_sae))
