@@ -1,6 +1,8 @@
 """What the model learned, as numbers.
 
-- On target: held-out preference accuracy. DPO: the implicit reward margin
+- On target: held-out preference accuracy (and, on synthetic data, `heldout_accuracy_clean`: the
+  same on the held-out pairs whose responses carry the same spurious concepts, where a shortcut
+  cannot help). DPO: the implicit reward margin
   [log pi(c) - log ref(c)] - [log pi(r) - log ref(r)] > 0 (before training every margin is 0:
   ties count one half, so `heldout_accuracy_before` is 0.5); also the plain log-prob accuracy
   log pi(c) > log pi(r), before and after. Reward model: reward(c) > reward(r), after and before
@@ -92,6 +94,13 @@ class Evaluate:
             chosen = [(p.prompt, p.chosen) for p in heldout]
             rejected = [(p.prompt, p.rejected) for p in heldout]
             after, before = margins(trained.policy, chosen, rejected), margins(trained.reference, chosen, rejected)
+            reward = after - before if kind == "dpo" else after
+            clean = np.array([_same_style(p) for p in heldout])
+            if clean.any() and not clean.all():
+                # Pairs whose two responses carry the same spurious concepts (known on synthetic data):
+                # accuracy there is on-target learning, not a spurious shortcut.
+                metrics[f"{prefix}/heldout_accuracy_clean"] = _accuracy(reward[clean])
+                metrics[f"{prefix}/heldout_n_clean"] = float(clean.sum())
             if kind == "dpo":
                 implicit = after - before
                 metrics[f"{prefix}/heldout_accuracy"] = _accuracy(implicit)
@@ -121,6 +130,14 @@ class Evaluate:
             metrics[f"{prefix}/prediction_correlation"] = float(
                 np.corrcoef([predicted[c] for c in common], [shifts[c] for c in common])[0, 1])
         return metrics
+
+
+def _same_style(pair: PreferencePair) -> bool:
+    """True when both responses carry the same concepts besides the answer itself (synthetic ground truth)."""
+    base = {"correct_answer", "refusal"}
+    if not pair.concepts_chosen and not pair.concepts_rejected:
+        return False
+    return set(pair.concepts_chosen) - base == set(pair.concepts_rejected) - base
 
 
 def _accuracy(margin: np.ndarray) -> float:
