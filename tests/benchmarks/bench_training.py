@@ -1,0 +1,259 @@
+"""Benchmark: DPO step time of `WeightedDPOTrainer`, bare and with an intervention's edit, against TRL's DPOTrainer.
+
+    python tests/benchmarks/bench_training.py [--pairs 400 --steps 30 --repeats 3 --warmup 3]
+
+Builds the default study's pieces (SyntheticData(), TinyModel(), TrainSAE(); cached under
+$ANATOMY_CACHE, default /tmp/anatomy-bench-cache, so only the first run trains them), picks 16 SAE
+features (the most often active on data.train[:64]) and builds a FeatureAblation and a
+FeatureSteering plan from them. Then trains DPO (the `DPO()` defaults: batch 16, max_length 160,
+sigmoid loss, precomputed reference log-probs, seed 0) for --steps optimizer steps on the first
+--pairs train pairs, from the same starting weights, in four configurations:
+
+    1 stock      trl.DPOTrainer, no weight column, no hooks
+    2 weighted   WeightedDPOTrainer, unit weights, no hooks        (ratio to 1)
+    3 ablation   2 + the FeatureAblation plan's edit active        (ratio to 2, target <= 1.10)
+    4 steering   2 + the FeatureSteering plan's edit active        (ratio to 2, target <= 1.10)
+
+The four trainers run in threads that take turns, one optimizer step each (only one computes at a
+time), so all four see the same background load, and step k of each trains on the same batch (same
+data seed). A step is timed by a TrainerCallback from on_step_begin to on_step_end (forward,
+backward, clip, optimizer, scheduler; not data loading, logging, nor TRL's reference-log-prob
+precompute, which runs in the trainer's constructor, before any timing). s/step: the median over
+all steps after --warmup of all --repeats (a fresh set of trainers each, the first mover rotating);
+ratio: the median over those steps of (step / the baseline's same step), robust to other work on
+the machine, which on a shared 2-core box can slow single steps twenty-fold (CPU pressure is printed).
+
+Measured on 2 cores (AMD EPYC, no GPU, torch 2 threads), default arguments, whole script 9 min, while
+other jobs kept both cores busy (CPU pressure 92-96%; on an idle machine a step takes ~0.2 s):
+
+    machine   AMD EPYC, 2 cores, no GPU, torch 2.13.0+cpu on 2 threads; load average 4.5 -> 4.9, ...
+    training  400 pairs, batch 16, max_length 160, 30 steps (3 warm-up left out) x 3 repeats; tiny LM
+              4 layers x d_model 128; edits at blocks.2.hook_resid_post on 16 features
+    configuration             s/step      ratio  per repeat (median s/step)
+    1 stock DPOTrainer         0.469          -  0.333 0.500 0.493
+    2 WeightedDPOTrainer       0.478 0.994 to 1  0.321 0.529 0.493
+    3 weighted + ablation      0.463 0.989 to 2  0.326 0.514 0.483
+    4 weighted + steering      0.483 1.018 to 2  0.339 0.491 0.528
+    one-off   trainer set-up (TRL tokenizing + reference log-prob precompute over 400 pairs, not in
+              s/step): median 31.8 s
+    PASS  weighted + ablation: 0.989 x weighted (target <= 1.10)
+    PASS  weighted + steering: 1.018 x weighted (target <= 1.10)
+
+The edits cost nothing measurable (ablation: two (tokens x 128) @ (128 x 16) products per forward),
+nor does the weighted loss. The set-up line is not interleaved (each trainer is built alone), so it
+saw whatever load there was then; on an idle machine it is ~25 forward passes of 32 sequences, a
+few seconds. Exit status 1 when a ratio misses the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("ANATOMY_CACHE", "/tmp/anatomy-bench-cache")
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timings
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+from trl import DPOConfig, DPOTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
+from anatomy.data.synthetic import SyntheticData
+from anatomy.features import Featurize
+from anatomy.interventions.ablation import FeatureAblation
+from anatomy.interventions.steering import FeatureSteering
+from anatomy.models.hooks import hooks
+from anatomy.models.tiny import TinyModel
+from anatomy.saes.train import TrainSAE
+from anatomy.select import Selection
+from anatomy.trainers.common import frozen_copy, trl_args, weighted_rows
+from anatomy.trainers.dpo import DPO, WeightedDPOTrainer
+
+TARGET = 1.10
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+class TakeTurns(TrainerCallback):
+    """Trainers running in threads take turns, one optimizer step each; times each step (wall seconds).
+
+    A step is timed from on_step_begin to on_step_end. Every trainer waits for all of them to be ready
+    (on_train_begin), so no set-up overlaps a timed step, and only one trainer computes at a time.
+    """
+
+    def __init__(self, index, shared):
+        self.index, self.shared, self.times, self._t0 = index, shared, [], 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.shared["ready"].wait()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        with self.shared["cond"]:
+            self.shared["cond"].wait_for(lambda: self.shared["turn"] in (self.index, None))
+        if self.shared["turn"] is None:
+            raise RuntimeError("another training run failed")
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self._t0)
+        with self.shared["cond"]:
+            self.shared["turn"] = (self.index + 1) % self.shared["n"]
+            self.shared["cond"].notify_all()
+
+
+def cpu_pressure():
+    """Share of the last minute some task waited for a CPU (Linux PSI), e.g. '12%': other work on the machine."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return f"{float(f.readline().split()[2].split('=')[1]):.0f}%"
+    except (OSError, IndexError, ValueError):
+        return "n/a"
+
+
+def paired_ratio(runs, base_runs):
+    """Median over steps of (this step / the baseline's same step): same repeat, same batch, taken in turn."""
+    return statistics.median(t / b for run, base in zip(runs, base_runs) for t, b in zip(run, base))
+
+
+def make_trainer(trainer_class, model, reference, dataset, steps, callback, out_dir):
+    """A DPO trainer as `DPO.train` builds it, on a fresh trainable copy of the model, for `steps` steps."""
+    cfg = DPO()
+    policy = frozen_copy(model.model).train()
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    args = trl_args(DPOConfig, out_dir, cfg, beta=cfg.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"],
+                    max_steps=steps)
+    trainer = trainer_class(model=policy, ref_model=reference, args=args, train_dataset=dataset,
+                            processing_class=model.tokenizer, callbacks=[callback])
+    for quiet in (PrinterCallback, ProgressCallback):  # no loss dicts printed between the timings
+        trainer.remove_callback(quiet)
+    return trainer
+
+
+def interleaved(runs, model, reference, steps):
+    """Step times of each run (trainer class, dataset, edits), taking turns step by step; and set-up times."""
+    shared = {"cond": threading.Condition(), "turn": 0, "n": len(runs), "ready": threading.Barrier(len(runs))}
+    timers = [TakeTurns(i, shared) for i in range(len(runs))]
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers, setup = [], []  # built one after another; TRL's reference precompute runs here
+        for i, ((cls, data, _), timer) in enumerate(zip(runs, timers)):
+            t0 = time.perf_counter()
+            trainers.append(make_trainer(cls, model, reference, data, steps, timer, f"{tmp}/{i}"))
+            setup.append(time.perf_counter() - t0)
+
+        def train(trainer, edits):
+            try:
+                with hooks(trainer.model, edits):
+                    trainer.train()
+            except BaseException:  # release the others instead of leaving them waiting for their turn
+                with shared["cond"]:
+                    shared["turn"] = None
+                    shared["cond"].notify_all()
+                shared["ready"].abort()
+                raise
+
+        threads = [threading.Thread(target=train, args=(trainer, edits), daemon=True)
+                   for trainer, (_, _, edits) in zip(trainers, runs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if any(len(t.times) != steps for t in timers):
+        raise RuntimeError("a training run failed (see its traceback above)")
+    return [t.times for t in timers], setup
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pairs", type=int, default=400, help="train pairs in the DPO dataset")
+    ap.add_argument("--steps", type=int, default=30, help="optimizer steps per run (max_steps)")
+    ap.add_argument("--warmup", type=int, default=3, help="first steps of each run left out of the median")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per configuration")
+    ap.add_argument("--features", type=int, default=16, help="SAE features the plans act on")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")  # TRL / transformers deprecation chatter
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    print(f"ANATOMY_CACHE={os.environ['ANATOMY_CACHE']} (data, tiny LM and SAE; the first run builds them, minutes)")
+    t0 = time.perf_counter()
+    data = SyntheticData().load()
+    texts = data.texts()
+    model, model_hit = TinyModel().load(texts)
+    sae, sae_hit = TrainSAE().load(model, texts, model.path)
+    features = Featurize().run(model, sae, data.train[:64])
+    active = (features.chosen + features.rejected).getnnz(axis=0)
+    block = sorted(int(f) for f in np.argsort(-active, kind="stable")[: args.features])
+    selection = Selection(block=block, amplify=[], reasons={}, directions={f: "chosen" for f in block})
+    plans = {"ablation": FeatureAblation().plan(selection, features, sae),
+             "steering": FeatureSteering().plan(selection, features, sae)}
+    print(f"set-up {time.perf_counter() - t0:.1f} s (tiny model {'cached' if model_hit else 'built'}, "
+          f"SAE {'cached' if sae_hit else 'trained'}; later runs reuse the cache)")
+
+    pairs = data.train[: args.pairs]
+    stock_rows = [{k: v for k, v in row.items() if k != "weight"} for row in weighted_rows(pairs, None)]
+    stock, weighted = Dataset.from_list(stock_rows), Dataset.from_list(weighted_rows(pairs, np.ones(len(pairs))))
+    reference = frozen_copy(model.model)
+    configs = {  # name -> (trainer, dataset, edits, baseline for the ratio)
+        "1 stock DPOTrainer": (DPOTrainer, stock, {}, None),
+        "2 WeightedDPOTrainer": (WeightedDPOTrainer, weighted, {}, "1 stock DPOTrainer"),
+        "3 weighted + ablation": (WeightedDPOTrainer, weighted, plans["ablation"].edits, "2 WeightedDPOTrainer"),
+        "4 weighted + steering": (WeightedDPOTrainer, weighted, plans["steering"].edits, "2 WeightedDPOTrainer"),
+    }
+    names = list(configs)
+    steps = {name: [] for name in names}  # per configuration, per repeat: s/step of every step after warm-up
+    setups = []  # seconds to build each trainer: mostly TRL's reference-log-prob precompute
+    pressure_before, load_before = cpu_pressure(), os.getloadavg()[0]
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[: r % len(names)]  # who goes first rotates between repeats
+        times, setup = interleaved([configs[n][:3] for n in order], model, reference, args.steps)
+        setups += setup
+        for name, t in zip(order, times):
+            steps[name].append(t[args.warmup:])
+    pressure_after, load_after = cpu_pressure(), os.getloadavg()[0]
+
+    print(f"machine   {cpu_name()}, {os.cpu_count()} cores, no GPU, torch {torch.__version__} on "
+          f"{torch.get_num_threads()} threads; load average {load_before:.1f} -> {load_after:.1f}, "
+          f"CPU pressure (some, avg60) {pressure_before} -> {pressure_after}")
+    print(f"training  {len(pairs)} pairs, batch {DPO().batch_size}, max_length {DPO().max_length}, {args.steps} steps "
+          f"({args.warmup} warm-up left out) x {args.repeats} repeats; tiny LM {model.spec.n_layers} layers x "
+          f"d_model {model.spec.d_model}; edits at {sae.hook} on {len(block)} features")
+    print(f"{'configuration':<24} {'s/step':>7} {'ratio':>10}  per repeat (median s/step)")
+    verdicts = []
+    for name, (_, _, _, base) in configs.items():
+        median = statistics.median(t for run in steps[name] for t in run)
+        per_run = " ".join(f"{statistics.median(run):.3f}" for run in steps[name])
+        ratio = paired_ratio(steps[name], steps[base]) if base else None
+        shown = f"{ratio:.3f} to {base[0]}" if base else "-"
+        print(f"{name:<24} {median:7.3f} {shown:>10}  {per_run}")
+        if base == names[1]:
+            verdicts.append((name, ratio))
+    print(f"one-off   trainer set-up (TRL tokenizing + reference log-prob precompute over {len(pairs)} pairs, "
+          f"not in s/step): median {statistics.median(setups):.1f} s")
+    for name, ratio in verdicts:
+        print(f"{'PASS' if ratio <= TARGET else 'FAIL'}  {name[2:]}: {ratio:.3f} x weighted (target <= {TARGET:.2f})")
+    sys.exit(0 if all(r <= TARGET for _, r in verdicts) else 1)
+
+
+if __name__ == "__main__":
+    main()
