@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anatomy-report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--metrics", nargs="*", default=None, help="metrics to summarize (default: eval/* and audit/*)")
-    parser.add_argument("--over", nargs="*", default=["seed"], help="overrides to aggregate over (default: seed)")
+    parser.add_argument("--over", nargs="*", default=["seed", "threads"],
+                        help="overrides to aggregate over (default: seed, threads)")
     args = parser.parse_args(argv)
     table = gather(args.sweep_dir)
     metrics = args.metrics or [c for c in table.columns if c.startswith(("eval/shift/", "eval/heldout_accuracy"))
