@@ -23,26 +23,26 @@ all steps after --warmup of all --repeats (a fresh set of trainers each, the fir
 ratio: the median over those steps of (step / the baseline's same step), robust to other work on
 the machine, which on a shared 2-core box can slow single steps twenty-fold (CPU pressure is printed).
 
-Measured on 2 cores (AMD EPYC, no GPU, torch 2 threads), default arguments, whole script 9 min, while
-other jobs kept both cores busy (CPU pressure 92-96%; on an idle machine a step takes ~0.2 s):
+Measured on 2 cores, default arguments, whole script 4 min, while other jobs shared the machine:
 
-    machine   AMD EPYC, 2 cores, no GPU, torch 2.13.0+cpu on 2 threads; load average 4.5 -> 4.9, ...
+    machine   AMD EPYC, 2 cores, no GPU, torch 2.13.0+cpu on 2 threads; load average 3.1 -> 3.3,
+              CPU pressure (some, avg60) 44% -> 47%
     training  400 pairs, batch 16, max_length 160, 30 steps (3 warm-up left out) x 3 repeats; tiny LM
               4 layers x d_model 128; edits at blocks.2.hook_resid_post on 16 features
     configuration             s/step      ratio  per repeat (median s/step)
-    1 stock DPOTrainer         0.469          -  0.333 0.500 0.493
-    2 WeightedDPOTrainer       0.478 0.994 to 1  0.321 0.529 0.493
-    3 weighted + ablation      0.463 0.989 to 2  0.326 0.514 0.483
-    4 weighted + steering      0.483 1.018 to 2  0.339 0.491 0.528
+    1 stock DPOTrainer         0.296          -  0.226 0.296 0.332
+    2 WeightedDPOTrainer       0.303 0.995 to 1  0.220 0.318 0.321
+    3 weighted + ablation      0.312 1.016 to 2  0.226 0.317 0.332
+    4 weighted + steering      0.304 0.992 to 2  0.224 0.317 0.318
     one-off   trainer set-up (TRL tokenizing + reference log-prob precompute over 400 pairs, not in
-              s/step): median 31.8 s
-    PASS  weighted + ablation: 0.989 x weighted (target <= 1.10)
-    PASS  weighted + steering: 1.018 x weighted (target <= 1.10)
+              s/step): median 3.8 s
+    PASS  weighted + ablation: 1.016 x weighted (target <= 1.10)
+    PASS  weighted + steering: 0.992 x weighted (target <= 1.10)
 
-The edits cost nothing measurable (ablation: two (tokens x 128) @ (128 x 16) products per forward),
-nor does the weighted loss. The set-up line is not interleaved (each trainer is built alone), so it
-saw whatever load there was then; on an idle machine it is ~25 forward passes of 32 sequences, a
-few seconds. Exit status 1 when a ratio misses the target.
+Neither the edits (ablation: two (tokens x 128) @ (128 x 16) products per forward; steering: one
+add) nor the weighted loss cost anything measurable: the ratios stayed within 0.97-1.02 in every
+run, also at 92-96% CPU pressure, where s/step rose to ~0.47 and the set-up, which is not
+interleaved (each trainer is built alone), to 32 s. Exit status 1 when a ratio misses the target.
 """
 
 from __future__ import annotations
