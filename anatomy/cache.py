@@ -3,6 +3,7 @@
 Entries are built in a temporary folder and renamed into place, under a file lock, so parallel
 jobs neither corrupt nor duplicate an entry and a killed job leaves no half-written one.
 The root is `$ANATOMY_CACHE` (default `~/.cache/anatomy`); clear it with `rm -rf` of that folder.
+`ANATOMY_NO_CACHE=1` computes every stage afresh in a temporary folder (the baseline of benchmarks).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +44,10 @@ def _locked(path: Path):
 
 def cached_dir(stage: str, key: object, build: Callable[[Path], None]) -> tuple[Path, bool]:
     """Return (folder, hit): the entry for `key`, built by `build(tmp_folder)` if absent."""
+    if os.environ.get("ANATOMY_NO_CACHE"):  # every stage computed afresh (benchmarks, debugging)
+        folder = Path(tempfile.mkdtemp(prefix=f"anatomy-{stage}-"))
+        build(folder)
+        return folder, False
     root = cache_root() / stage
     name = digest(key)
     final = root / name
