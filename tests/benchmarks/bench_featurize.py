@@ -3,7 +3,7 @@
     python tests/benchmarks/bench_featurize.py [--pairs 800 --batch-size 32 --repeats 3 --threads 2]
 
 Builds the default study's pieces (SyntheticData(), TinyModel(), TrainSAE()), cached under
-$ANATOMY_CACHE (default /tmp/anatomy-bench-cache): the first run trains them (several minutes),
+$ANATOMY_CACHE (default $TMPDIR/anatomy-bench-cache): the first run trains them (several minutes),
 later runs load them in seconds. Then, on the first --pairs train pairs (both responses after their
 prompt, --batch-size pairs per batch), it times: the whole `Featurize(batch_size=...).run`; a bare
 full forward of the same padded batches (`model.model(input_ids=, attention_mask=)`, no hooks, no
@@ -43,11 +43,12 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("ANATOMY_CACHE", "/tmp/anatomy-bench-cache")
+os.environ.setdefault("ANATOMY_CACHE", os.path.join(tempfile.gettempdir(), "anatomy-bench-cache"))
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timings
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):

@@ -3,7 +3,7 @@
     python tests/benchmarks/bench_training.py [--pairs 400 --steps 30 --repeats 3 --warmup 3]
 
 Builds the default study's pieces (SyntheticData(), TinyModel(), TrainSAE(); cached under
-$ANATOMY_CACHE, default /tmp/anatomy-bench-cache, so only the first run trains them), picks 16 SAE
+$ANATOMY_CACHE, default $TMPDIR/anatomy-bench-cache, so only the first run trains them), picks 16 SAE
 features (the most often active on data.train[:64]) and builds a FeatureAblation and a
 FeatureSteering plan from them. Then trains DPO (the `DPO()` defaults: batch 16, max_length 160,
 sigmoid loss, precomputed reference log-probs, seed 0) for --steps optimizer steps on the first
@@ -58,7 +58,7 @@ import time
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("ANATOMY_CACHE", "/tmp/anatomy-bench-cache")
+os.environ.setdefault("ANATOMY_CACHE", os.path.join(tempfile.gettempdir(), "anatomy-bench-cache"))
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timings
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
