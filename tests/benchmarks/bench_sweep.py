@@ -6,6 +6,13 @@ Runs `anatomy -m intervention=none,feature_ablation,feature_steering,data_filter
 eval.compare_baseline=false` twice, in a fresh cache and with ANATOMY_NO_CACHE=1, and prints the
 sweep's wall time as a ratio to (one audit + the 5 jobs' trainer-only time: intervention + train +
 eval, from their metrics.json). Target: <= 1.2 with the cache.
+
+Measured on 2 cores (torch default threads):
+
+           sweep   wall s  audit s  train s  ratio  cache/model per job
+     stage cache    165.0     34.3    121.7   1.06  [0, 1, 1, 1, 1]
+        no cache    296.3     32.7    118.7   1.96  [0, 0, 0, 0, 0]
+    cache speedup: 1.80x; target ratio <= 1.2: PASS
 """
 
 from __future__ import annotations
