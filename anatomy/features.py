@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from anatomy.cache import cached_dir
 from anatomy.data.schema import PreferencePair
 from anatomy.errors import AnatomyError
-from anatomy.models.base import LoadedModel, encode_pair
+from anatomy.models.base import LoadedModel, encode_batch
 from anatomy.models.hooks import capture
 from anatomy.saes.base import LoadedSAE
 
@@ -104,26 +104,18 @@ def featurize(model: LoadedModel, sae: LoadedSAE, pairs: list[PreferencePair], c
     for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="Featurizing", unit="batch"):
         batch = pairs[start:start + cfg.batch_size]
         texts = [(p.prompt, r) for p in batch for r in (p.chosen, p.rejected)]
-        encoded = [encode_pair(tok, prompt, response, cfg.max_length) for prompt, response in texts]
-        width = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        response = torch.zeros((len(encoded), width), dtype=torch.bool)
-        for i, (ids, response_start) in enumerate(encoded):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            mask[i, : len(ids)] = 1
-            response[i, response_start: len(ids)] = True
-            all_tokens.append(np.asarray(ids[response_start:], dtype=np.int32))
-            lengths.append(len(ids) - response_start)
+        input_ids, mask, response, response_ids = encode_batch(tok, texts, cfg.max_length)
+        all_tokens += [np.asarray(ids, dtype=np.int32) for ids in response_ids]
+        lengths += [len(ids) for ids in response_ids]
         acts = capture(model.model, sae.hook, input_ids.to(device), mask.to(device))
         token_acts = _sae_encode(sae.sae, acts[response.to(acts.device)].to(sae.sae.dtype)).float().cpu()
-        seq_of_token = torch.arange(len(encoded)).unsqueeze(1).expand_as(response)[response]
-        pooled = torch.zeros(len(encoded), d_sae)
+        seq_of_token = torch.arange(len(texts)).unsqueeze(1).expand_as(response)[response]
+        pooled = torch.zeros(len(texts), d_sae)
         if cfg.pooling == "max":
             pooled.scatter_reduce_(0, seq_of_token.unsqueeze(1).expand_as(token_acts), token_acts, "amax")
         else:
             pooled.index_add_(0, seq_of_token, token_acts)
-            pooled /= torch.bincount(seq_of_token, minlength=len(encoded)).clamp(min=1).unsqueeze(1)
+            pooled /= torch.bincount(seq_of_token, minlength=len(texts)).clamp(min=1).unsqueeze(1)
         pooled_rows.append(sp.csr_matrix(pooled.numpy()))
         # Running top-k occurrences per feature over every response token seen so far.
         where = torch.arange(seen, seen + token_acts.shape[0]).unsqueeze(1).expand_as(token_acts)

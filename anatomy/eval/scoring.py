@@ -1,25 +1,12 @@
 """Score (prompt, response) texts with a model: summed response log-probs (causal LM) or the scalar
-reward (reward model). Batched, no grad; the same tokenization as the audit (`encode_pair`)."""
+reward (reward model). Batched, no grad; the same tokenization as the audit (`encode_batch`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from anatomy.models.base import encode_pair
-
-
-def _batch(tokenizer, texts, max_length):
-    encoded = [encode_pair(tokenizer, p, r, max_length) for p, r in texts]
-    width = max(len(ids) for ids, _ in encoded)
-    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    response = torch.zeros_like(ids, dtype=torch.bool)
-    for i, (row, start) in enumerate(encoded):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-        response[i, start: len(row)] = True
-    return ids, mask, response
+from anatomy.models.base import encode_batch
 
 
 @torch.no_grad()
@@ -28,7 +15,7 @@ def score(model, tokenizer, texts: list[tuple[str, str]], kind: str, max_length:
     out = []
     device = next(model.parameters()).device
     for start in range(0, len(texts), batch_size):
-        ids, mask, response = _batch(tokenizer, texts[start:start + batch_size], max_length)
+        ids, mask, response, _ = encode_batch(tokenizer, texts[start:start + batch_size], max_length)
         ids, mask, response = ids.to(device), mask.to(device), response.to(device)
         if kind == "reward_model":
             out.append(model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float().cpu())

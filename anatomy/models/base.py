@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -38,3 +39,18 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, 
     r = r[:max_length]
     p = p[max(0, len(p) + len(r) - max_length):]
     return p + r, len(p)
+
+
+def encode_batch(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]], max_length: int):
+    """(prompt, response) texts as one right-padded batch: input ids, attention mask, response mask
+    (True on the response's tokens), and the response token ids of each row."""
+    encoded = [encode_pair(tokenizer, p, r, max_length) for p, r in texts]
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    response = torch.zeros_like(input_ids, dtype=torch.bool)
+    for i, (ids, start) in enumerate(encoded):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        mask[i, : len(ids)] = 1
+        response[i, start: len(ids)] = True
+    return input_ids, mask, response, [ids[start:] for ids, start in encoded]

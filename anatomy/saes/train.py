@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from anatomy.cache import cached_dir
 from anatomy.errors import AnatomyError
-from anatomy.models.base import LoadedModel, ModelSpec, encode_pair
+from anatomy.models.base import LoadedModel, ModelSpec, encode_batch
 from anatomy.models.hooks import canonical_hook_name, capture, parse_hook
 from anatomy.saes.base import LoadedSAE
 
@@ -98,13 +98,7 @@ def collect_activations(model: LoadedModel, texts: list[tuple[str, str]], hook: 
     out = []
     tok = model.tokenizer
     for start in tqdm(range(0, len(texts), batch_size), desc=f"Reading activations at {hook}", unit="batch"):
-        ids = [encode_pair(tok, p, r, max_length)[0] for p, r in texts[start:start + batch_size]]
-        width = max(map(len, ids))
-        input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, row in enumerate(ids):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
+        input_ids, mask, _, _ = encode_batch(tok, texts[start:start + batch_size], max_length)
         act = capture(model.model, hook, input_ids.to(model.model.device), mask.to(model.model.device))
         out.append(act[mask.bool().to(act.device)].float().cpu())
     if not out:

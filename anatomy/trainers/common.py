@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from anatomy.data.schema import PreferencePair
 from anatomy.errors import AnatomyError
+from anatomy.models.hooks import hooks
 
 
 @dataclass
@@ -74,6 +76,18 @@ def trl_args(config_class, out_dir: str, cfg, **extra):
         lr_scheduler_type="linear", warmup_steps=0, bf16=False, fp16=False, gradient_checkpointing=False,
         **extra,
     )
+
+
+def fit(policy: torch.nn.Module, plan, make_trainer) -> dict[str, float]:
+    """Build the TRL trainer (`make_trainer(output_dir)`), train with the plan's edits on the policy
+    (removed afterwards, also if training raises), and report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(tmp)
+        with hooks(policy, plan.edits):
+            result = trainer.train()
+    policy.eval()
+    return {"train/loss": float(result.training_loss), "train/pairs": float(len(trainer.train_dataset)),
+            "train/steps": float(result.global_step)}
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -9,7 +9,6 @@ exists, so interventions never touch the reference.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +16,7 @@ import torch.nn.functional as F
 from trl import DPOConfig, DPOTrainer
 
 from anatomy.errors import AnatomyError
-from anatomy.models.hooks import hooks
-from anatomy.trainers.common import Trained, WeightColumn, frozen_copy, trl_args, weighted_rows
+from anatomy.trainers.common import Trained, WeightColumn, fit, frozen_copy, trl_args, weighted_rows
 
 
 class WeightedDPOTrainer(WeightColumn, DPOTrainer):
@@ -73,14 +71,7 @@ class DPO:
         for p in policy.parameters():
             p.requires_grad_(True)
         dataset = Dataset.from_list(weighted_rows(pairs, plan.weights))
-        with tempfile.TemporaryDirectory() as tmp:
-            args = trl_args(DPOConfig, tmp, self, beta=self.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"])
-            trainer = WeightedDPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=dataset,
-                                         processing_class=model.tokenizer)
-            with hooks(policy, plan.edits):
-                result = trainer.train()
-        policy.eval()
-        return Trained("dpo", policy, reference, model.tokenizer, {
-            "train/loss": float(result.training_loss), "train/pairs": float(len(dataset)),
-            "train/steps": float(result.global_step),
-        })
+        report = fit(policy, plan, lambda tmp: WeightedDPOTrainer(
+            model=policy, ref_model=reference, train_dataset=dataset, processing_class=model.tokenizer,
+            args=trl_args(DPOConfig, tmp, self, beta=self.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"])))
+        return Trained("dpo", policy, reference, model.tokenizer, report)

@@ -7,7 +7,6 @@ activation edits act on the reward model's layers during training only.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -15,8 +14,7 @@ import torch.nn.functional as F
 from trl import RewardConfig, RewardTrainer
 
 from anatomy.errors import AnatomyError
-from anatomy.models.hooks import hooks
-from anatomy.trainers.common import Trained, WeightColumn, frozen_copy, trl_args, weighted_rows
+from anatomy.trainers.common import Trained, WeightColumn, fit, frozen_copy, trl_args, weighted_rows
 
 
 class WeightedRewardTrainer(WeightColumn, RewardTrainer):
@@ -62,14 +60,6 @@ class RewardModel:
         policy = load_reward_model(model.path, model.tokenizer)
         reference = frozen_copy(policy)  # the untrained reward model, same head initialisation
         dataset = Dataset.from_list(weighted_rows(pairs, plan.weights, joined=True))
-        with tempfile.TemporaryDirectory() as tmp:
-            args = trl_args(RewardConfig, tmp, self)
-            trainer = WeightedRewardTrainer(model=policy, args=args, train_dataset=dataset,
-                                            processing_class=model.tokenizer)
-            with hooks(policy, plan.edits):
-                result = trainer.train()
-        policy.eval()
-        return Trained("reward_model", policy, reference, model.tokenizer, {
-            "train/loss": float(result.training_loss), "train/pairs": float(len(dataset)),
-            "train/steps": float(result.global_step),
-        })
+        report = fit(policy, plan, lambda tmp: WeightedRewardTrainer(
+            model=policy, train_dataset=dataset, processing_class=model.tokenizer, args=trl_args(RewardConfig, tmp, self)))
+        return Trained("reward_model", policy, reference, model.tokenizer, report)

@@ -143,6 +143,7 @@ def _recording_hooks(monkeypatch, module):
 
 @pytest.mark.parametrize("kind", ["dpo", "reward_model"])
 def test_hooks_are_removed_when_training_raises(study, monkeypatch, kind):
+    from anatomy.trainers import common as common_module
     from anatomy.trainers import dpo as dpo_module
     from anatomy.trainers import reward as reward_module
 
@@ -151,7 +152,7 @@ def test_hooks_are_removed_when_training_raises(study, monkeypatch, kind):
         "dpo": (dpo_module, dpo_module.DPO(batch_size=4, epochs=1.0)),
         "reward_model": (reward_module, reward_module.RewardModel(batch_size=4, epochs=1.0)),
     }[kind]
-    seen = _recording_hooks(monkeypatch, module)
+    seen = _recording_hooks(monkeypatch, common_module)  # where both trainers apply the plan's hooks
     calls = []
 
     def edit(act):
@@ -168,10 +169,11 @@ def test_hooks_are_removed_when_training_raises(study, monkeypatch, kind):
 
 
 def test_hooks_are_removed_after_a_normal_training_run(study, monkeypatch):
+    from anatomy.trainers import common as common_module
     from anatomy.trainers import dpo as dpo_module
 
     data, model = study
-    seen = _recording_hooks(monkeypatch, dpo_module)
+    seen = _recording_hooks(monkeypatch, common_module)
     calls = []
 
     def edit(act):
