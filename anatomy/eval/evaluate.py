@@ -1,8 +1,10 @@
 """What the model learned, as numbers.
 
-- On target: held-out preference accuracy (and, on synthetic data, `heldout_accuracy_clean`: the
-  same on the held-out pairs whose responses carry the same spurious concepts, where a shortcut
-  cannot help). DPO: the implicit reward margin
+- On target: held-out preference accuracy. Where pairs record their concepts (synthetic data), also
+  `heldout_accuracy_same/<concept>`: the accuracy on the held-out pairs whose two responses both
+  carry the concept or both lack it, where that concept cannot be a shortcut: the yardstick for
+  what blocking it costs on everything else (with `heldout_n_same/<concept>`, the pairs counted).
+  DPO: the implicit reward margin
   [log pi(c) - log ref(c)] - [log pi(r) - log ref(r)] > 0 (before training every margin is 0:
   ties count one half, so `heldout_accuracy_before` is 0.5); also the plain log-prob accuracy
   log pi(c) > log pi(r), before and after. Reward model: reward(c) > reward(r), after and before
@@ -95,12 +97,9 @@ class Evaluate:
             rejected = [(p.prompt, p.rejected) for p in heldout]
             after, before = margins(trained.policy, chosen, rejected), margins(trained.reference, chosen, rejected)
             reward = after - before if kind == "dpo" else after
-            clean = np.array([_same_style(p) for p in heldout])
-            if clean.any() and not clean.all():
-                # Pairs whose two responses carry the same spurious concepts (known on synthetic data):
-                # accuracy there is on-target learning, not a spurious shortcut.
-                metrics[f"{prefix}/heldout_accuracy_clean"] = _accuracy(reward[clean])
-                metrics[f"{prefix}/heldout_n_clean"] = float(clean.sum())
+            for concept, same in _same_concept(heldout).items():
+                metrics[f"{prefix}/heldout_accuracy_same/{concept}"] = _accuracy(reward[same])
+                metrics[f"{prefix}/heldout_n_same/{concept}"] = float(same.sum())
             if kind == "dpo":
                 implicit = after - before
                 metrics[f"{prefix}/heldout_accuracy"] = _accuracy(implicit)
@@ -132,12 +131,15 @@ class Evaluate:
         return metrics
 
 
-def _same_style(pair: PreferencePair) -> bool:
-    """True when both responses carry the same concepts besides the answer itself (synthetic ground truth)."""
-    base = {"correct_answer", "refusal"}
-    if not pair.concepts_chosen and not pair.concepts_rejected:
-        return False
-    return set(pair.concepts_chosen) - base == set(pair.concepts_rejected) - base
+def _same_concept(pairs: list[PreferencePair]) -> dict[str, np.ndarray]:
+    """Per recorded concept that differs in some pair: the mask of pairs where it does not differ."""
+    names = sorted({c for p in pairs for c in (*p.concepts_chosen, *p.concepts_rejected)})
+    out = {}
+    for name in names:
+        same = np.array([(name in p.concepts_chosen) == (name in p.concepts_rejected) for p in pairs])
+        if same.any() and not same.all():
+            out[name] = same
+    return out
 
 
 def _accuracy(margin: np.ndarray) -> float:

@@ -1,8 +1,12 @@
 """Data filtering: drop the pairs whose preference the blocked concept explains.
 
-A pair is dropped when the blocked concept's standardized chosen - rejected difference (in its
+A pair is dropped when the blocked concept's standardized chosen - rejected difference d (in its
 hypothesis's direction, see `plan.concept_difference`) exceeds `threshold`, unless an amplified
 concept also favours chosen by more than `threshold` in that pair (amplified concepts keep theirs).
+With `two_sided` (the default) the pairs where the concept favours *rejected* by more than
+`threshold` go too: what remains carries the concept on both sides or on neither, so it says
+nothing about the preference. Dropping only d > threshold would leave the pairs where the concept
+sits in the rejected response, and DPO would learn to *disprefer* it.
 """
 
 from __future__ import annotations
@@ -20,12 +24,17 @@ class DataFiltering:
     """Drop pairs the blocked concept explains."""
 
     threshold: float = 0.5  # drop where the blocked concept's standardized difference exceeds this
+    two_sided: bool = True  # also drop where it favours rejected by more than threshold (independence)
+
+    def __post_init__(self):
+        if self.threshold < 0:
+            raise AnatomyError(f"data_filtering: threshold must be >= 0, got {self.threshold}")
 
     def plan(self, selection, features, sae) -> Plan:
         if not selection.block:
             raise AnatomyError("intervention=data_filtering needs blocked features: set select.block=[...]")
         blocked = concept_difference(features, selection.block, selection.directions)
-        explained = blocked > self.threshold
+        explained = (np.abs(blocked) if self.two_sided else blocked) > self.threshold
         if selection.amplify:  # amplified concepts keep the pairs they favour
             explained &= ~(concept_difference(features, selection.amplify, selection.directions) > self.threshold)
         keep = ~explained

@@ -71,7 +71,7 @@ class WeightColumn:
 def trl_args(config_class, out_dir: str, cfg, **extra):
     return config_class(
         output_dir=out_dir, per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
-        num_train_epochs=cfg.epochs, max_length=cfg.max_length, seed=cfg.seed, data_seed=cfg.seed,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, max_length=cfg.max_length, seed=cfg.seed, data_seed=cfg.seed,
         report_to=[], save_strategy="no", logging_steps=10, use_cpu=True, dataloader_num_workers=0,
         lr_scheduler_type="linear", warmup_steps=0, bf16=False, fp16=False, gradient_checkpointing=False,
         **extra,

@@ -44,14 +44,15 @@ class RewardModel:
 
     lr: float = 5e-4  # AdamW learning rate (linear decay)
     epochs: float = 2.0  # passes over the (kept) training pairs
+    max_steps: int = 0  # > 0: train exactly this many steps instead (the same budget for every intervention)
     batch_size: int = 16  # pairs per step
     max_length: int = 160  # tokens per prompt + response
     seed: int = 0  # seeds the score head's initialisation and the data order
     enabled: bool = True  # this option trains
 
     def __post_init__(self):
-        if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1:
-            raise AnatomyError("trainer: lr and epochs must be positive and batch_size >= 1")
+        if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1 or self.max_steps < 0:
+            raise AnatomyError("trainer: lr and epochs must be positive, batch_size >= 1 and max_steps >= 0")
 
     def train(self, model, pairs, plan) -> Trained:
         from datasets import Dataset

@@ -295,6 +295,12 @@ def test_unsupported_hook_name(tmp_path, fresh_cache):
     assert "blocks.L.hook_resid_pre" in msg and "blocks.L.hook_resid_post" in msg
 
 
+def test_ablation_extra_hook_outside_the_model(tmp_path, fresh_cache):
+    msg = fails(tmp_path, fresh_cache, *SMALL, "trainer=dpo", "intervention=feature_ablation",
+                "intervention.extra_hooks=[blocks.7.hook_resid_post]")
+    assert "layer 7 does not exist" in msg and "layers 0..3" in msg
+
+
 # 9. a failing run overwrites nothing -------------------------------------------------------------
 
 

@@ -193,6 +193,16 @@ def test_hooks_are_removed_after_a_normal_training_run(study, monkeypatch):
     assert trained.report["train/pairs"] == 16.0 and trained.report["train/steps"] == 2.0
 
 
+def test_max_steps_sets_the_training_budget_whatever_the_number_of_pairs(study):
+    from anatomy.trainers.dpo import DPO
+
+    data, model = study
+    trained = DPO(batch_size=8, epochs=1.0, max_steps=3).train(model, data.train[:16], Plan())
+    assert trained.report["train/steps"] == 3.0  # 16 pairs, 8 per step: 1 epoch would be 2 steps
+    with pytest.raises(AnatomyError, match="max_steps"):
+        DPO(max_steps=-1)
+
+
 # -- the whole loop: block markdown by reweighting ---------------------------------------------
 
 
@@ -228,14 +238,41 @@ def test_reweighting_removes_most_of_the_learned_markdown_shift(reweighted):
     assert metrics["intervention/effective_sample_size"] < metrics["intervention/n_pairs"]
 
 
-@pytest.mark.xfail(strict=True, reason="the claim does not hold at SMALL size (not a code bug: the weighted data "
-                   "do make markdown independent of the preference): seed 0 measured 0.5625 vs the baseline's 0.6875, "
-                   "seed 1 0.6375 vs 0.85; the held-out pairs carry the same planted markdown correlation, and the "
-                   "reweighted model over-corrects to a negative markdown shift")
 def test_reweighting_keeps_heldout_accuracy(reweighted):
     metrics, _ = reweighted
     assert metrics["eval/heldout_accuracy"] >= 0.9 * metrics["eval/baseline/heldout_accuracy"], (
         metrics["eval/heldout_accuracy"], metrics["eval/baseline/heldout_accuracy"])
+    # where markdown cannot be a shortcut, nothing is lost
+    same, base = metrics["eval/heldout_accuracy_same/markdown"], metrics["eval/baseline/heldout_accuracy_same/markdown"]
+    assert same >= 0.9 * base, (same, base)
+
+
+# -- the other three interventions, against the same baseline ----------------------------------
+
+CUT = {"feature_ablation": 0.8, "feature_steering": 0.5, "data_filtering": 0.8}  # the targets
+
+
+@pytest.fixture(scope="module", params=sorted(CUT))
+def intervened(request, tmp_path_factory, reweighted):
+    # filtering trains on fewer pairs: give it the baseline's number of steps, as the study does
+    steps = int(reweighted[0]["train/steps"])
+    budget = [f"trainer.max_steps={steps}"] if request.param == "data_filtering" else []
+    metrics, _ = run_study(tmp_path_factory.mktemp(request.param), *SMALL, "trainer=dpo", "eval=default",
+                           "eval.compare_baseline=false", f"intervention={request.param}", MARKDOWN, *budget)
+    return request.param, metrics
+
+
+def test_each_intervention_cuts_the_learned_markdown_shift(intervened, reweighted):
+    name, metrics = intervened
+    base = reweighted[0]["eval/baseline/shift/markdown"]
+    assert metrics["eval/shift/markdown"] < (1 - CUT[name]) * base, (name, metrics["eval/shift/markdown"], base)
+
+
+def test_each_intervention_keeps_heldout_accuracy_where_markdown_is_no_shortcut(intervened, reweighted):
+    name, metrics = intervened
+    key = "eval/heldout_accuracy_same/markdown"
+    base = reweighted[0][key.replace("eval/", "eval/baseline/")]
+    assert metrics[key] >= 0.9 * base, (name, metrics[key], base)
 
 
 def test_the_run_folder_has_metrics_and_the_trained_model(reweighted, study):

@@ -231,27 +231,39 @@ def _filter_features():
     return make_features(np.stack([block_c, amp_c], 1), np.stack([block_r, amp_r], 1))
 
 
-def test_filtering_drops_exactly_the_pairs_above_threshold():
+def test_filtering_drops_exactly_the_pairs_beyond_threshold_on_either_side():
     feats = _filter_features()
     d = feats.chosen[:, 0].toarray().ravel() - feats.rejected[:, 0].toarray().ravel()
     z = d / d.std()
     plan = DataFiltering(threshold=0.5).plan(selection(block=[0]), feats, None)
-    expected = (z <= 0.5).astype(float)
-    np.testing.assert_array_equal(plan.weights, expected)
-    assert list(np.flatnonzero(plan.weights == 0)) == [0, 2, 4]  # the pairs the blocked concept explains
+    np.testing.assert_array_equal(plan.weights, (np.abs(z) <= 0.5).astype(float))
+    # chosen carries it (0, 2, 4) or rejected does (1, 5): the kept pairs say nothing about it
+    assert list(np.flatnonzero(plan.weights == 0)) == [0, 1, 2, 4, 5]
     assert plan.edits == {}
     assert plan.report["intervention/n_pairs"] == 8.0
-    assert plan.report["intervention/n_dropped"] == 3.0
-    assert plan.report["intervention/effective_sample_size"] == pytest.approx(5.0)
-    assert plan.report["intervention/effective_sample_fraction"] == pytest.approx(5 / 8)
-    # a higher threshold drops fewer: only the strongest pair
-    strict = DataFiltering(threshold=1.5).plan(selection(block=[0]), feats, None)
+    assert plan.report["intervention/n_dropped"] == 5.0
+    assert plan.report["intervention/effective_sample_size"] == pytest.approx(3.0)
+    assert plan.report["intervention/effective_sample_fraction"] == pytest.approx(3 / 8)
+    # a higher threshold drops fewer: only the strongest pairs
+    strict = DataFiltering(threshold=1.2).plan(selection(block=[0]), feats, None)
+    assert list(np.flatnonzero(strict.weights == 0)) == [0, 1, 4]
+
+
+def test_one_sided_filtering_drops_only_the_pairs_the_concept_explains():
+    feats = _filter_features()
+    d = feats.chosen[:, 0].toarray().ravel() - feats.rejected[:, 0].toarray().ravel()
+    z = d / d.std()
+    plan = DataFiltering(threshold=0.5, two_sided=False).plan(selection(block=[0]), feats, None)
+    np.testing.assert_array_equal(plan.weights, (z <= 0.5).astype(float))
+    assert list(np.flatnonzero(plan.weights == 0)) == [0, 2, 4]
+    strict = DataFiltering(threshold=1.5, two_sided=False).plan(selection(block=[0]), feats, None)
     assert list(np.flatnonzero(strict.weights == 0)) == [0]
 
 
 def test_filtering_in_a_rejected_direction_drops_pairs_where_rejected_has_the_concept():
     feats = _filter_features()
-    plan = DataFiltering(threshold=0.5).plan(selection(block=[0], directions={0: "rejected"}), feats, None)
+    plan = DataFiltering(threshold=0.5, two_sided=False).plan(
+        selection(block=[0], directions={0: "rejected"}), feats, None)
     assert list(np.flatnonzero(plan.weights == 0)) == [1, 5]
 
 
@@ -259,8 +271,8 @@ def test_filtering_keeps_pairs_an_amplified_concept_favours():
     feats = _filter_features()
     plan = DataFiltering(threshold=0.5).plan(selection(block=[0], amplify=[1]), feats, None)
     # pair 4: blocked concept favours chosen, but so does the amplified one: kept
-    assert list(np.flatnonzero(plan.weights == 0)) == [0, 2]
-    assert plan.report["intervention/n_dropped"] == 2.0
+    assert list(np.flatnonzero(plan.weights == 0)) == [0, 1, 2, 5]
+    assert plan.report["intervention/n_dropped"] == 4.0
 
 
 def test_filtering_errors():
@@ -272,12 +284,9 @@ def test_filtering_errors():
         DataFiltering().plan(selection(amplify=[1]), _filter_features(), None)
 
 
-def test_filtering_with_a_negative_threshold_and_no_amplified_concept_still_drops():
-    feats = _filter_features()
-    d = feats.chosen[:, 0].toarray().ravel() - feats.rejected[:, 0].toarray().ravel()
-    z = d / d.std()
-    plan = DataFiltering(threshold=-0.1).plan(selection(block=[0]), feats, None)
-    np.testing.assert_array_equal(plan.weights, (z <= -0.1).astype(float))
+def test_filtering_with_a_negative_threshold_is_an_error():
+    with pytest.raises(AnatomyError, match="threshold"):
+        DataFiltering(threshold=-0.1)
 
 
 # -- data reweighting --------------------------------------------------------------------------
@@ -463,6 +472,15 @@ def test_ablation_of_linearly_dependent_directions_removes_only_their_span(w_dec
     assert torch.allclose(edit(y), y, atol=1e-4)
 
 
+def test_ablation_extra_hooks_apply_the_same_projection(w_dec):
+    plan = FeatureAblation(extra_hooks=["blocks.1.hook_resid_post", "model.layers.0"]).plan(
+        selection(block=[2, 5]), None, fake_sae(w_dec))
+    assert sorted(plan.edits) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]  # the HF name is canonical
+    assert plan.report["intervention/n_edits"] == 2.0
+    y = torch.randn(3, 16)
+    assert torch.equal(plan.edits["blocks.0.hook_resid_post"](y), plan.edits["blocks.1.hook_resid_post"](y))
+
+
 # -- feature steering --------------------------------------------------------------------------
 
 
@@ -476,15 +494,28 @@ def test_steering_adds_the_documented_vector(w_dec):
     coefficient = 3.0
     plan = FeatureSteering(coefficient=coefficient).plan(selection(block=[4], amplify=[6]), feats, fake_sae(w_dec))
     u4, u6 = w_dec[4] / w_dec[4].norm(), w_dec[6] / w_dec[6].norm()
-    expected = coefficient * (+1 * 2.0 * u4 - 1 * 0.5 * u6)  # +1 blocked, -1 amplified
+    mix = +1 * 2.0 * u4 - 1 * 0.5 * u6  # +1 blocked, -1 amplified, weighted by typical strength
+    expected = coefficient * (2.0 + 0.5) / 2 * mix / mix.norm()  # size: coefficient x the mean strength
     edit = plan.edits["blocks.0.hook_resid_post"]
     x = torch.randn(2, 5, 16)
     assert torch.allclose(edit(x) - x, expected.expand_as(x), atol=1e-5)
-    assert plan.report["intervention/steering_norm"] == pytest.approx(float(expected.norm()), rel=1e-5)
+    assert plan.report["intervention/steering_norm"] == pytest.approx(coefficient * 1.25, rel=1e-5)
+    assert plan.report["intervention/typical_activation"] == pytest.approx(1.25)
     assert plan.report["intervention/n_directions"] == 2.0
     # the sign flips with the coefficient
     neg = FeatureSteering(coefficient=-coefficient).plan(selection(block=[4], amplify=[6]), feats, fake_sae(w_dec))
     assert torch.allclose(neg.edits["blocks.0.hook_resid_post"](x) - x, -expected.expand_as(x), atol=1e-5)
+
+
+def test_steering_size_does_not_grow_with_the_number_of_features(w_dec):
+    n, d_sae = 4, 12
+    chosen = np.zeros((n, d_sae))
+    chosen[:, :8] = 2.0  # eight features, each of typical strength 2
+    feats = make_features(chosen, np.zeros((n, d_sae)))
+    one = FeatureSteering(coefficient=1.5).plan(selection(block=[0]), feats, fake_sae(w_dec))
+    eight = FeatureSteering(coefficient=1.5).plan(selection(block=list(range(8))), feats, fake_sae(w_dec))
+    assert one.report["intervention/steering_norm"] == pytest.approx(3.0, rel=1e-5)
+    assert eight.report["intervention/steering_norm"] == pytest.approx(3.0, rel=1e-5)
 
 
 def test_steering_strength_is_the_mean_activation_when_active(w_dec):
@@ -599,3 +630,23 @@ def test_hook_edits_carry_gradients(llama, ids):
     assert scale.grad is not None and scale.grad.abs() > 0
     llama.zero_grad(set_to_none=True)
     assert n_hooks(llama) == 0
+
+
+# -- the held-out yardstick where a concept cannot be a shortcut --------------------------------
+
+
+def test_same_concept_masks_the_pairs_where_the_concept_does_not_differ():
+    from anatomy.data.schema import PreferencePair
+    from anatomy.eval.evaluate import _same_concept
+
+    pairs = [
+        PreferencePair("p", "a", "b", ("correct_answer", "markdown"), ()),
+        PreferencePair("p", "a", "b", ("correct_answer", "markdown"), ("markdown",)),
+        PreferencePair("p", "a", "b", ("correct_answer",), ("hedging",)),
+        PreferencePair("p", "a", "b", ("correct_answer",), ("correct_answer",)),
+    ]
+    same = _same_concept(pairs)
+    np.testing.assert_array_equal(same["markdown"], [False, True, True, True])
+    np.testing.assert_array_equal(same["hedging"], [True, True, False, True])
+    np.testing.assert_array_equal(same["correct_answer"], [False, False, False, True])
+    assert _same_concept([PreferencePair("p", "a", "b", (), ())]) == {}  # no recorded concepts
