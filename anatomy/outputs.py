@@ -111,13 +111,20 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
     if shifts:
         has_base = any(k.startswith("eval/baseline/") for k in metrics)
         out.append("")
-        out.append("what the model learned (shift of the log-prob margin with - without each concept):")
-        out.append(f"{'concept':>16} {'trained':>9}" + (f" {'no intervention':>16} {'reduction':>9}" if has_base else ""))
+        out.append("what the model learned (shift of the log-prob margin with - without each concept), and held-out")
+        out.append("accuracy on the pairs where the concept does not differ (so it cannot be a shortcut there):")
+        out.append(f"{'concept':>16} {'trained':>9}" + (f" {'no intervention':>16} {'reduction':>9}" if has_base else "")
+                   + f" {'acc same':>9}" + (f" {'(no interv.)':>12}" if has_base else ""))
         for c in shifts:
             row = f"{c:>16} {metrics[f'eval/shift/{c}']:>+9.2f}"
-            if has_base and f"eval/baseline/shift/{c}" in metrics:
-                red = metrics.get(f"eval/shift_reduction/{c}")
-                row += f" {metrics[f'eval/baseline/shift/{c}']:>+16.2f} {'' if red is None else f'{red:>9.0%}'}"
+            if has_base:
+                base, red = metrics.get(f"eval/baseline/shift/{c}"), metrics.get(f"eval/shift_reduction/{c}")
+                row += f" {'' if base is None else f'{base:>+16.2f}':>16} {'' if red is None else f'{red:>9.0%}':>9}"
+            same = metrics.get(f"eval/heldout_accuracy_same/{c}")
+            row += f" {'' if same is None else f'{same:>9.3f}':>9}"
+            base_same = metrics.get(f"eval/baseline/heldout_accuracy_same/{c}")
+            if has_base and base_same is not None:
+                row += f" {base_same:>12.3f}"
             out.append(row)
         acc = f"held-out accuracy {metrics['eval/heldout_accuracy']:.3f} (before training {metrics['eval/heldout_accuracy_before']:.3f}"
         if "eval/baseline/heldout_accuracy" in metrics:

@@ -30,6 +30,13 @@ SMALL = (
 )
 
 
+# A small subset of the shared HH-RLHF harmless test split, with a model and SAE sized for it.
+def hh_rlhf_small(shared: Path) -> tuple[str, ...]:
+    path = shared / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+    return ("data=hh_rlhf", f"data.path={path}", "data.max_pairs=200", "model.train_steps=100", "model.context=128",
+            "sae.training_tokens=100000", "featurize.max_length=192")
+
+
 # Stop after the audit (the default study also trains).
 AUDIT = ("trainer=none", "intervention=none", "eval=none")
 

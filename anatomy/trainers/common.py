@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ import torch
 from anatomy.data.schema import PreferencePair
 from anatomy.errors import AnatomyError
 from anatomy.models.hooks import hooks
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,16 +81,23 @@ def trl_args(config_class, out_dir: str, cfg, **extra):
     )
 
 
-def fit(policy: torch.nn.Module, plan, make_trainer) -> dict[str, float]:
-    """Build the TRL trainer (`make_trainer(output_dir)`), train with the plan's edits on the policy
-    (removed afterwards, also if training raises), and report."""
+def fit(policy: torch.nn.Module, plan, n_rows: int, make_trainer) -> dict[str, float]:
+    """Build the TRL trainer (`make_trainer(output_dir)`) on a dataset of `n_rows` pairs, train with
+    the plan's edits on the policy (removed afterwards, also if training raises), and report.
+
+    TRL drops the pairs it cannot train on (a DPO prompt that alone fills `max_length`); how many is
+    reported as `train/pairs_too_long` and warned about, never silent."""
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_trainer(tmp)
+        kept = len(trainer.train_dataset)
+        if kept < n_rows:
+            log.warning("trainer: TRL dropped %d of %d training pairs whose prompt alone fills trainer.max_length; "
+                        "raise trainer.max_length to keep them", n_rows - kept, n_rows)
         with hooks(policy, plan.edits):
             result = trainer.train()
     policy.eval()
-    return {"train/loss": float(result.training_loss), "train/pairs": float(len(trainer.train_dataset)),
-            "train/steps": float(result.global_step)}
+    return {"train/loss": float(result.training_loss), "train/pairs": float(kept),
+            "train/pairs_too_long": float(n_rows - kept), "train/steps": float(result.global_step)}
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

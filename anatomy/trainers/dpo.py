@@ -72,7 +72,7 @@ class DPO:
         for p in policy.parameters():
             p.requires_grad_(True)
         dataset = Dataset.from_list(weighted_rows(pairs, plan.weights))
-        report = fit(policy, plan, lambda tmp: WeightedDPOTrainer(
+        report = fit(policy, plan, len(dataset), lambda tmp: WeightedDPOTrainer(
             model=policy, ref_model=reference, train_dataset=dataset, processing_class=model.tokenizer,
             args=trl_args(DPOConfig, tmp, self, beta=self.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"])))
         return Trained("dpo", policy, reference, model.tokenizer, report)

@@ -61,6 +61,6 @@ class RewardModel:
         policy = load_reward_model(model.path, model.tokenizer)
         reference = frozen_copy(policy)  # the untrained reward model, same head initialisation
         dataset = Dataset.from_list(weighted_rows(pairs, plan.weights, joined=True))
-        report = fit(policy, plan, lambda tmp: WeightedRewardTrainer(
+        report = fit(policy, plan, len(dataset), lambda tmp: WeightedRewardTrainer(
             model=policy, train_dataset=dataset, processing_class=model.tokenizer, args=trl_args(RewardConfig, tmp, self)))
         return Trained("reward_model", policy, reference, model.tokenizer, report)

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import AUDIT, SMALL, run_study
+from conftest import AUDIT, SMALL, hh_rlhf_small, run_study
 
 CSV_COLUMNS = ["feature", "direction", "effect", "auroc", "p_value", "q_value", "significant", "frequency", "top_tokens"]
 
@@ -104,10 +104,7 @@ def test_local_file(default_audit, tmp_path):
 
 
 def test_hh_rlhf(shared_data, tmp_path):
-    path = shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
-    metrics, out = run_study(tmp_path, "data=hh_rlhf", f"data.path={path}", "data.max_pairs=200",
-                             "model.train_steps=100", "model.context=128", "sae.training_tokens=100000",
-                             "featurize.max_length=192", *AUDIT)
+    metrics, out = run_study(tmp_path, *hh_rlhf_small(shared_data), *AUDIT)
     assert metrics["data/rows"] == 2312 and metrics["data/dropped_invalid"] == 4
     assert metrics["data/train"] + metrics["data/heldout"] == 200
     assert metrics["audit/n_tested"] > 0
