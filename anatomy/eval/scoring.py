@@ -1,5 +1,8 @@
 """Score (prompt, response) texts with a model: summed response log-probs (causal LM) or the scalar
-reward (reward model). Batched, no grad; the same tokenization as the audit (`encode_batch`)."""
+reward (reward model). Batched, no grad; the same tokenization as the audit (`encode_batch`), with
+each response ended by the end-of-sequence token, as TRL's DPO and reward trainers end every
+completion: a response is scored as the complete answer the model was trained to prefer, so a probe's
+"without the concept" side is the response that *stops* there, not a prefix of the other side."""
 
 from __future__ import annotations
 
@@ -10,12 +13,13 @@ from anatomy.models.base import encode_batch
 
 
 @torch.no_grad()
-def score(model, tokenizer, texts: list[tuple[str, str]], kind: str, max_length: int = 256, batch_size: int = 64) -> np.ndarray:
+def score(model, tokenizer, texts: list[tuple[str, str]], kind: str, max_length: int = 256, batch_size: int = 64,
+          eos: bool = True) -> np.ndarray:
     """One number per text: sum of the response tokens' log-probs ("dpo") or the reward ("reward_model")."""
     out = []
     device = next(model.parameters()).device
     for start in range(0, len(texts), batch_size):
-        ids, mask, response, _ = encode_batch(tokenizer, texts[start:start + batch_size], max_length)
+        ids, mask, response, _ = encode_batch(tokenizer, texts[start:start + batch_size], max_length, eos)
         ids, mask, response = ids.to(device), mask.to(device), response.to(device)
         if kind == "reward_model":
             out.append(model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float().cpu())

@@ -25,15 +25,19 @@ class LoadedModel:
     path: str  # hub name or folder it was loaded from
 
 
-def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
+def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int,
+                eos: bool = False) -> tuple[list[int], int]:
     """Token ids of prompt + response, and where the response starts.
 
     Prompt and response are tokenized separately (special tokens only on the prompt), so the
-    response's tokens are the same whatever the prompt. Over `max_length`, the prompt is cut from
-    the left first, then the response from the right.
+    response's tokens are the same whatever the prompt. With `eos`, the response ends with the
+    tokenizer's end-of-sequence token, as TRL's trainers end every completion: a complete response.
+    Over `max_length`, the prompt is cut from the left first, then the response from the right.
     """
     p = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
     r = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if eos and tokenizer.eos_token_id is not None:
+        r = r + [tokenizer.eos_token_id]
     if not p and tokenizer.bos_token_id is not None:
         p = [tokenizer.bos_token_id]
     r = r[:max_length]
@@ -41,10 +45,11 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, 
     return p + r, len(p)
 
 
-def encode_batch(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]], max_length: int):
+def encode_batch(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]], max_length: int,
+                 eos: bool = False):
     """(prompt, response) texts as one right-padded batch: input ids, attention mask, response mask
     (True on the response's tokens), and the response token ids of each row."""
-    encoded = [encode_pair(tokenizer, p, r, max_length) for p, r in texts]
+    encoded = [encode_pair(tokenizer, p, r, max_length, eos) for p, r in texts]
     width = max(len(ids) for ids, _ in encoded)
     input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(input_ids)
