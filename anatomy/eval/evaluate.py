@@ -9,9 +9,17 @@
   ties count one half, so `heldout_accuracy_before` is 0.5); also the plain log-prob accuracy
   log pi(c) > log pi(r), before and after. Reward model: reward(c) > reward(r), after and before
   training (the untrained head).
+  Held-out responses are scored complete, ended by the end-of-sequence token as the trainers end
+  them, so the margin is the implicit reward DPO was trained on.
 - Per concept: the learned shift. On probe pairs that differ only in the concept, the change of
   the trained model's margin (with - without the concept) relative to the starting model, averaged
   (log-probs for DPO, rewards for a reward model). Positive: the model learned to prefer it.
+  For DPO the two sides are scored as continuations of the prompt, without the end token: a
+  probe's sides share a base and one goes on with the concept, so with the end token the margin
+  would also count the change in how likely the model is to *stop* after the base, a length
+  preference that every appended concept shares (in the default study it is most of the complete-
+  response margin). That version is reported too, as `shift_complete/<concept>`. A reward model
+  scores complete responses only (its reward is read at the end token).
 - Next to each shift, the audit's prediction for that concept (the mean signed effect of its
   significant hypotheses), and their correlation across concepts.
 """
@@ -87,9 +95,9 @@ class Evaluate:
             prefix: str = "eval") -> dict[str, float]:
         kind, tok = trained.kind, trained.tokenizer
 
-        def margins(model, a, b):
-            return (score(model, tok, a, kind, self.max_length, self.batch_size)
-                    - score(model, tok, b, kind, self.max_length, self.batch_size))
+        def margins(model, a, b, eos=True):
+            return (score(model, tok, a, kind, self.max_length, self.batch_size, eos)
+                    - score(model, tok, b, kind, self.max_length, self.batch_size, eos))
 
         metrics: dict[str, float] = {}
         if heldout:
@@ -113,14 +121,19 @@ class Evaluate:
             return metrics
         pos = [(p.prompt, p.positive) for p in probes]
         neg = [(p.prompt, p.negative) for p in probes]
-        delta = margins(trained.policy, pos, neg) - margins(trained.reference, pos, neg)
-        by_concept: dict[str, list[float]] = defaultdict(list)
-        for probe, d in zip(probes, delta):
-            by_concept[probe.concept].append(float(d))
-        shifts = {c: float(np.mean(v)) for c, v in by_concept.items()}
-        for concept, values in by_concept.items():
-            metrics[f"{prefix}/shift/{concept}"] = shifts[concept]
-            metrics[f"{prefix}/shift_se/{concept}"] = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+        complete = margins(trained.policy, pos, neg) - margins(trained.reference, pos, neg)
+        measures = {"shift": complete}
+        if kind == "dpo":  # continuations for the shift; the complete-response margin alongside
+            measures = {"shift": margins(trained.policy, pos, neg, eos=False) - margins(trained.reference, pos, neg, eos=False),
+                        "shift_complete": complete}
+        for name, values in measures.items():
+            by_concept: dict[str, list[float]] = defaultdict(list)
+            for probe, d in zip(probes, values):
+                by_concept[probe.concept].append(float(d))
+            for concept, v in by_concept.items():
+                metrics[f"{prefix}/{name}/{concept}"] = float(np.mean(v))
+                metrics[f"{prefix}/{name}_se/{concept}"] = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+        shifts = {k.rsplit("/", 1)[-1]: v for k, v in metrics.items() if k.startswith(f"{prefix}/shift/")}
         predicted = predictions(table, list(shifts))
         for concept, value in predicted.items():
             metrics[f"{prefix}/prediction/{concept}"] = value
