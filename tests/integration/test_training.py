@@ -10,7 +10,7 @@ accuracies are not 80-pair coin flips), with each measured value in a comment:
   (10%, 218%, 70% in the README's study), so a 1-seed test of 80% would test luck;
 - held-out accuracy where markdown does not differ stays >= 90% of the baseline's for all four,
   and overall held-out accuracy for ablation, steering and reweighting; for filtering it does not
-  (0.80x here, 0.92x at full size: the README explains why), a strict xfail that records it;
+  (0.82x here, 0.92x at full size: the README explains why), a strict xfail that records it;
 - amplifying refusal raises its shift.
 """
 
@@ -251,7 +251,7 @@ def test_reweighting_removes_most_of_the_learned_markdown_shift(reweighted):
 
 
 def test_reweighting_keeps_heldout_accuracy(reweighted):
-    metrics, _ = reweighted  # 0.703 vs 0.728; where markdown does not differ 0.774 vs 0.635
+    metrics, _ = reweighted  # 0.753 vs 0.806; where markdown does not differ 0.832 vs 0.737
     assert metrics["eval/heldout_accuracy"] >= 0.9 * metrics["eval/baseline/heldout_accuracy"], (
         metrics["eval/heldout_accuracy"], metrics["eval/baseline/heldout_accuracy"])
     same, base = metrics["eval/heldout_accuracy_same/markdown"], metrics["eval/baseline/heldout_accuracy_same/markdown"]
@@ -282,14 +282,14 @@ def test_each_intervention_cuts_the_learned_markdown_shift(intervened, reweighte
 
 
 def test_each_intervention_keeps_heldout_accuracy_where_markdown_is_no_shortcut(intervened, reweighted):
-    name, metrics = intervened  # ablation 0.672, steering 0.774, filtering 0.737, against 0.635
+    name, metrics = intervened  # ablation 0.774, steering 0.839, filtering 0.803, against 0.737
     key = "eval/heldout_accuracy_same/markdown"
     base = reweighted[0][key.replace("eval/", "eval/baseline/")]
     assert metrics[key] >= 0.9 * base, (name, metrics[key], base)
 
 
 def _keeps_overall_accuracy(intervened, reweighted):
-    name, metrics = intervened  # ablation 0.772, steering 0.803, filtering 0.584, against 0.728
+    name, metrics = intervened  # ablation 0.850, steering 0.866, filtering 0.659, against 0.806
     base = reweighted[0]["eval/baseline/heldout_accuracy"]
     assert metrics["eval/heldout_accuracy"] >= 0.9 * base, (name, metrics["eval/heldout_accuracy"], base)
 
@@ -298,8 +298,8 @@ def test_each_intervention_keeps_overall_heldout_accuracy(intervened, reweighted
     if intervened[0] == "data_filtering":
         request.applymarker(pytest.mark.xfail(strict=True, reason=(
             "known miss: the filtered model learns an aversion to markdown (shift -2.99 here) and so gets "
-            "the held-out pairs where markdown marks the chosen response wrong: 0.584 vs 0.728 here, 0.92x "
-            "over 3 seeds at full size; where markdown does not differ it keeps 1.16x")))
+            "the held-out pairs where markdown marks the chosen response wrong: 0.659 vs 0.806 here, 0.92x "
+            "over 3 seeds at full size; where markdown does not differ it keeps 1.09x")))
     _keeps_overall_accuracy(intervened, reweighted)
 
 
