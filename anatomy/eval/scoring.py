@@ -1,8 +1,11 @@
 """Score (prompt, response) texts with a model: summed response log-probs (causal LM) or the scalar
-reward (reward model). Batched, no grad; the same tokenization as the audit (`encode_batch`), with
-each response ended by the end-of-sequence token, as TRL's DPO and reward trainers end every
-completion: a response is scored as the complete answer the model was trained to prefer, so a probe's
-"without the concept" side is the response that *stops* there, not a prefix of the other side."""
+reward (reward model). Batched, no grad; the same tokenization as the audit (`encode_batch`).
+
+With `eos` (the default) each response is ended by the end-of-sequence token, as TRL's DPO and
+reward trainers end every completion: it is scored as the complete answer the model was trained to
+prefer. `eos=False` scores it as a continuation of the prompt that may go on (how the evaluation
+scores a concept's probe pairs for a causal LM; see `anatomy.eval.evaluate`).
+"""
 
 from __future__ import annotations
 
