@@ -147,6 +147,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         ]
         table["concept"] = None
         table.loc[significant.index, "concept"] = named
+        # +1 where the feature tracks the concept itself (it favours the side the concept was planted
+        # on), -1 where it tracks the concept's alternative (complying, for refusal; a wrong answer)
+        planted = {c.name: c.direction for c in data.concepts}
+        table["concept_sign"] = np.nan
+        table.loc[significant.index, "concept_sign"] = [
+            np.nan if name is None else 1.0 if d == planted[name] else -1.0 for name, d in zip(named, significant["direction"])]
         metrics.update(score(named, data.concepts))
     metrics.update(timer.metrics)
     header = {

@@ -61,14 +61,18 @@ def load_probes(path: str) -> list[Probe]:
 
 def predictions(table: pd.DataFrame, concepts: list[str]) -> dict[str, float]:
     """The audit's effect per concept: mean signed effect of the significant hypotheses naming it
-    (the `concept` column on synthetic data; otherwise the concept's name among the top tokens)."""
+    (the `concept` column on synthetic data, where a feature that tracks the concept's alternative,
+    such as complying for refusal, counts with its sign flipped (`concept_sign`); otherwise the
+    concept's name among the top tokens)."""
     sig = table[table["significant"]]
     out = {}
     for concept in concepts:
         if "concept" in sig.columns and (sig["concept"] == concept).any():
             rows = sig[sig["concept"] == concept]
-        else:
-            rows = sig[sig["top_tokens"].astype(str).str.lower().str.split("|").map(lambda t: concept.lower() in t)]
+            sign = rows["concept_sign"].fillna(1.0) if "concept_sign" in rows.columns else 1.0
+            out[concept] = float((rows["effect"] * sign).mean())
+            continue
+        rows = sig[sig["top_tokens"].astype(str).str.lower().str.split("|").map(lambda t: concept.lower() in t)]
         if len(rows):
             out[concept] = float(rows["effect"].mean())
     return out

@@ -631,22 +631,3 @@ def test_hook_edits_carry_gradients(llama, ids):
     llama.zero_grad(set_to_none=True)
     assert n_hooks(llama) == 0
 
-
-# -- the held-out yardstick where a concept cannot be a shortcut --------------------------------
-
-
-def test_same_concept_masks_the_pairs_where_the_concept_does_not_differ():
-    from anatomy.data.schema import PreferencePair
-    from anatomy.eval.evaluate import _same_concept
-
-    pairs = [
-        PreferencePair("p", "a", "b", ("correct_answer", "markdown"), ()),
-        PreferencePair("p", "a", "b", ("correct_answer", "markdown"), ("markdown",)),
-        PreferencePair("p", "a", "b", ("correct_answer",), ("hedging",)),
-        PreferencePair("p", "a", "b", ("correct_answer",), ("correct_answer",)),
-    ]
-    same = _same_concept(pairs)
-    np.testing.assert_array_equal(same["markdown"], [False, True, True, True])
-    np.testing.assert_array_equal(same["hedging"], [True, True, False, True])
-    np.testing.assert_array_equal(same["correct_answer"], [False, False, False, True])
-    assert _same_concept([PreferencePair("p", "a", "b", (), ())]) == {}  # no recorded concepts
