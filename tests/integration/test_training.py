@@ -28,7 +28,7 @@ from anatomy.errors import AnatomyError
 from anatomy.interventions.plan import Plan
 from conftest import AUDIT, SMALL, compose, hh_rlhf_small, run_study
 
-MARKDOWN = 'select.block=[key,recap,note,"**","##","-"]'  # strings naming the planted markdown concept
+MARKDOWN = r'select.block=[key,recap,note,"**",":**","##","-","\n"]'  # strings naming the planted markdown concept
 # The small study with as many held-out pairs as training ones (320 each).
 STUDY = (*[o for o in SMALL if not o.startswith("data.n_pairs=")], "data.n_pairs=640", "data.heldout_fraction=0.5")
 HOOK = "blocks.2.hook_resid_post"  # the small study's SAE hook
