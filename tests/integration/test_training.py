@@ -6,11 +6,12 @@ each DPO / reward-model run trains on the study's ~320 training pairs for 2 epoc
 The issue's claims, in small (1 seed, `STUDY`: 320 training pairs, 320 held-out ones so that
 accuracies are not 80-pair coin flips), with each measured value in a comment:
 - the baseline learns markdown; reweighting and filtering cut its shift by >= 80%, steering by
-  >= 50%; ablation by >= 50% here: its 80% holds for the mean over seeds at full size, not per seed
-  (10%, 218%, 70% in the README's study), so a 1-seed test of 80% would test luck;
-- held-out accuracy where markdown does not differ stays >= 90% of the baseline's for all four,
-  and overall held-out accuracy for ablation, steering and reweighting; for filtering it does not
-  (0.82x here, 0.92x at full size: the README explains why), a strict xfail that records it;
+  >= 50%; ablation by >= 50% here (77% measured): its 80% holds for the mean over seeds at full size,
+  not on every seed (57%, 112%, 119% in the README's study), so a 1-seed test of 80% would test luck;
+- held-out accuracy where markdown does not differ stays >= 95% of the baseline's for all four, and
+  overall held-out accuracy for ablation and steering; for filtering and reweighting it does not
+  (0.90x and 0.94x here, 0.89x and 0.94x at full size: the README explains why), strict xfails that
+  record it;
 - amplifying refusal raises its shift.
 """
 
@@ -243,30 +244,33 @@ def test_the_baseline_learns_markdown(reweighted):
     assert shift > 0 and shift > 3 * se, (shift, se)
 
 
-def test_reweighting_removes_most_of_the_learned_markdown_shift(reweighted):
+def test_reweighting_reports_its_weights(reweighted):
     metrics, _ = reweighted
-    assert metrics["eval/shift/markdown"] < 0.2 * metrics["eval/baseline/shift/markdown"], (
-        metrics["eval/shift/markdown"], metrics["eval/baseline/shift/markdown"])
-    assert metrics["intervention/effective_sample_size"] < metrics["intervention/n_pairs"]
+    assert metrics["intervention/n_dropped"] == 0.0
+    assert 0 < metrics["intervention/effective_sample_size"] < metrics["intervention/n_pairs"]
 
 
-def test_reweighting_keeps_heldout_accuracy(reweighted):
-    metrics, _ = reweighted  # 0.753 vs 0.806; where markdown does not differ 0.832 vs 0.737
-    assert metrics["eval/heldout_accuracy"] >= 0.9 * metrics["eval/baseline/heldout_accuracy"], (
-        metrics["eval/heldout_accuracy"], metrics["eval/baseline/heldout_accuracy"])
-    same, base = metrics["eval/heldout_accuracy_same/markdown"], metrics["eval/baseline/heldout_accuracy_same/markdown"]
-    assert same >= 0.9 * base, (same, base)
+# -- every intervention against the same baseline ----------------------------------------------
 
-
-# -- the other three interventions, against the same baseline ----------------------------------
-
-# The smallest cut each must reach: the issue's targets, except ablation's (see the module docstring).
-# Measured: ablation +0.43, steering +0.54, filtering -2.99, against the baseline's +1.37.
-CUT = {"feature_ablation": 0.5, "feature_steering": 0.5, "data_filtering": 0.8}
+# The smallest cut of the markdown shift each must reach: the issue's targets, except ablation's (see
+# the module docstring). Measured: ablation +0.32, steering +0.39, filtering -3.09, reweighting
+# -0.86, against the baseline's +1.37.
+CUT = {"feature_ablation": 0.5, "feature_steering": 0.5, "data_filtering": 0.8, "data_reweighting": 0.8}
+# Held-out accuracy must stay at >= 95% of the baseline's (the issue's target). Two interventions miss
+# it, here as over 3 seeds at full size (the README explains why); strict xfails record it.
+ACCURACY_MISS = {
+    "data_filtering": "the filtered model learns an aversion to markdown (shift -3.09 here) and so gets the "
+                      "held-out pairs where markdown marks the chosen response wrong: 0.725 vs 0.806 here, "
+                      "0.89x over 3 seeds at full size; where markdown does not differ it keeps 1.11x",
+    "data_reweighting": "0.756 vs 0.806 here (0.94x), 0.94x over 3 seeds at full size: the points markdown "
+                        "earned as a shortcut; where markdown does not differ it keeps 1.12x",
+}
 
 
 @pytest.fixture(scope="module", params=sorted(CUT))
 def intervened(request, tmp_path_factory, reweighted):
+    if request.param == "data_reweighting":
+        return request.param, reweighted[0]
     # filtering trains on fewer pairs: give it the baseline's number of steps, as the study does
     steps = int(reweighted[0]["train/steps"])
     budget = [f"trainer.max_steps={steps}"] if request.param == "data_filtering" else []
@@ -282,25 +286,20 @@ def test_each_intervention_cuts_the_learned_markdown_shift(intervened, reweighte
 
 
 def test_each_intervention_keeps_heldout_accuracy_where_markdown_is_no_shortcut(intervened, reweighted):
-    name, metrics = intervened  # ablation 0.774, steering 0.839, filtering 0.803, against 0.737
+    # ablation 0.774, steering 0.825, filtering 0.818, reweighting 0.825, against the baseline's 0.737
+    name, metrics = intervened
     key = "eval/heldout_accuracy_same/markdown"
-    base = reweighted[0][key.replace("eval/", "eval/baseline/")]
-    assert metrics[key] >= 0.9 * base, (name, metrics[key], base)
+    base = reweighted[0]["eval/baseline/heldout_accuracy_same/markdown"]
+    assert metrics[key] >= 0.95 * base, (name, metrics[key], base)
 
 
-def _keeps_overall_accuracy(intervened, reweighted):
-    name, metrics = intervened  # ablation 0.850, steering 0.866, filtering 0.659, against 0.806
+def test_each_intervention_keeps_heldout_accuracy(intervened, reweighted, request):
+    # ablation 0.831, steering 0.853, filtering 0.725, reweighting 0.756, against the baseline's 0.806
+    name, metrics = intervened
+    if name in ACCURACY_MISS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="known miss: " + ACCURACY_MISS[name]))
     base = reweighted[0]["eval/baseline/heldout_accuracy"]
-    assert metrics["eval/heldout_accuracy"] >= 0.9 * base, (name, metrics["eval/heldout_accuracy"], base)
-
-
-def test_each_intervention_keeps_overall_heldout_accuracy(intervened, reweighted, request):
-    if intervened[0] == "data_filtering":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "known miss: the filtered model learns an aversion to markdown (shift -2.99 here) and so gets "
-            "the held-out pairs where markdown marks the chosen response wrong: 0.659 vs 0.806 here, 0.92x "
-            "over 3 seeds at full size; where markdown does not differ it keeps 1.09x")))
-    _keeps_overall_accuracy(intervened, reweighted)
+    assert metrics["eval/heldout_accuracy"] >= 0.95 * base, (name, metrics["eval/heldout_accuracy"], base)
 
 
 def test_the_run_folder_has_metrics_and_the_trained_model(reweighted, study):
