@@ -40,39 +40,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import sys
-import tempfile
 import time
 import warnings
-from pathlib import Path
 
-os.environ.setdefault("ANATOMY_CACHE", os.path.join(tempfile.gettempdir(), "anatomy-bench-cache"))
-os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timings
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_var, "1")
+from _setup import cpu_name  # offline, bench cache, checkout on sys.path: before torch
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
 from anatomy.data.synthetic import SyntheticData
 from anatomy.features import Featurize
-from anatomy.models.base import encode_pair
+from anatomy.models.base import encode_batch
 from anatomy.models.hooks import capture
 from anatomy.models.tiny import TinyModel
 from anatomy.saes.train import TrainSAE
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def median_times(fns, repeats):
@@ -87,19 +70,11 @@ def median_times(fns, repeats):
 
 
 def tokenize(tok, batches, max_length):
-    """Featurize's tokenization and padding: (input_ids, mask, response mask) per batch."""
+    """Featurize's tokenization and padding (`encode_batch`): (input_ids, mask, response mask) per batch."""
     out = []
     for batch in batches:
-        encoded = [encode_pair(tok, p.prompt, r, max_length) for p in batch for r in (p.chosen, p.rejected)]
-        width = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        response = torch.zeros((len(encoded), width), dtype=torch.bool)
-        for i, (ids, start) in enumerate(encoded):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            mask[i, : len(ids)] = 1
-            response[i, start: len(ids)] = True
-            np.asarray(ids[start:], dtype=np.int32)  # featurize keeps every response's tokens
+        texts = [(p.prompt, r) for p in batch for r in (p.chosen, p.rejected)]
+        input_ids, mask, response, _ = encode_batch(tok, texts, max_length)
         out.append((input_ids, mask, response))
     return out
 

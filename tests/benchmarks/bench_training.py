@@ -49,20 +49,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import threading
 import time
 import warnings
-from pathlib import Path
 
-os.environ.setdefault("ANATOMY_CACHE", os.path.join(tempfile.gettempdir(), "anatomy-bench-cache"))
-os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timings
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_var, "1")
+from _setup import cpu_name  # offline, bench cache, checkout on sys.path: before torch
 
 import numpy as np
 import torch
@@ -70,7 +64,6 @@ from datasets import Dataset
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
 from anatomy.data.synthetic import SyntheticData
 from anatomy.features import Featurize
 from anatomy.interventions.ablation import FeatureAblation
@@ -83,14 +76,6 @@ from anatomy.trainers.common import frozen_copy, trl_args, weighted_rows
 from anatomy.trainers.dpo import DPO, WeightedDPOTrainer
 
 TARGET = 1.10
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 class TakeTurns(TrainerCallback):
@@ -136,12 +121,11 @@ def paired_ratio(runs, base_runs):
 
 def make_trainer(trainer_class, model, reference, dataset, steps, callback, out_dir):
     """A DPO trainer as `DPO.train` builds it, on a fresh trainable copy of the model, for `steps` steps."""
-    cfg = DPO()
+    cfg = DPO(max_steps=steps)
     policy = frozen_copy(model.model).train()
     for p in policy.parameters():
         p.requires_grad_(True)
-    args = trl_args(DPOConfig, out_dir, cfg, beta=cfg.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"],
-                    max_steps=steps)
+    args = trl_args(DPOConfig, out_dir, cfg, beta=cfg.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"])
     trainer = trainer_class(model=policy, ref_model=reference, args=args, train_dataset=dataset,
                             processing_class=model.tokenizer, callbacks=[callback])
     for quiet in (PrinterCallback, ProgressCallback):  # no loss dicts printed between the timings

@@ -1,0 +1,28 @@
+"""What every benchmark script sets up before importing torch: offline, no progress bars, a stage
+cache of its own (default $TMPDIR/anatomy-bench-cache), the checkout on sys.path; and the CPU name
+for the printed report. `import _setup` first (the scripts run as `python tests/benchmarks/X.py`,
+so their own folder is on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("ANATOMY_CACHE", os.path.join(tempfile.gettempdir(), "anatomy-bench-cache"))
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timings
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
