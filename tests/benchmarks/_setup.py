@@ -26,3 +26,22 @@ def cpu_name() -> str:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def default_study():
+    """The default study's data, tiny LM and SAE (from the bench cache; the first run builds them). -> (data, model, sae)"""
+    import time
+
+    from anatomy.data.synthetic import SyntheticData
+    from anatomy.models.tiny import TinyModel
+    from anatomy.saes.train import TrainSAE
+
+    print(f"ANATOMY_CACHE={os.environ['ANATOMY_CACHE']} (data, tiny LM and SAE; the first run builds them, minutes)")
+    t0 = time.perf_counter()
+    data = SyntheticData().load()
+    texts = data.texts()
+    model, model_hit = TinyModel().load(texts)
+    sae, sae_hit = TrainSAE().load(model, texts, model.path)
+    print(f"set-up {time.perf_counter() - t0:.1f} s (tiny model {'cached' if model_hit else 'built'}, "
+          f"SAE {'cached' if sae_hit else 'trained'}; later runs reuse the cache)")
+    return data, model, sae

@@ -44,18 +44,15 @@ import statistics
 import time
 import warnings
 
-from _setup import cpu_name  # offline, bench cache, checkout on sys.path: before torch
+from _setup import cpu_name, default_study  # offline, bench cache, checkout on sys.path: before torch
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from anatomy.data.synthetic import SyntheticData
 from anatomy.features import Featurize
 from anatomy.models.base import encode_batch
 from anatomy.models.hooks import capture
-from anatomy.models.tiny import TinyModel
-from anatomy.saes.train import TrainSAE
 
 
 def median_times(fns, repeats):
@@ -90,14 +87,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    print(f"ANATOMY_CACHE={os.environ['ANATOMY_CACHE']} (data, tiny LM and SAE; the first run builds them, minutes)")
-    t0 = time.perf_counter()
-    data = SyntheticData().load()
-    texts = data.texts()
-    model, model_hit = TinyModel().load(texts)
-    sae, sae_hit = TrainSAE().load(model, texts, model.path)
-    print(f"set-up {time.perf_counter() - t0:.1f} s (tiny model {'cached' if model_hit else 'built'}, "
-          f"SAE {'cached' if sae_hit else 'trained'}; later runs reuse the cache)")
+    data, model, sae = default_study()
 
     cfg = Featurize(batch_size=args.batch_size)
     pairs = data.train[: args.pairs]

@@ -56,7 +56,7 @@ import threading
 import time
 import warnings
 
-from _setup import cpu_name  # offline, bench cache, checkout on sys.path: before torch
+from _setup import cpu_name, default_study  # offline, bench cache, checkout on sys.path: before torch
 
 import numpy as np
 import torch
@@ -64,13 +64,10 @@ from datasets import Dataset
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-from anatomy.data.synthetic import SyntheticData
 from anatomy.features import Featurize
 from anatomy.interventions.ablation import FeatureAblation
 from anatomy.interventions.steering import FeatureSteering
 from anatomy.models.hooks import hooks
-from anatomy.models.tiny import TinyModel
-from anatomy.saes.train import TrainSAE
 from anatomy.select import Selection
 from anatomy.trainers.common import frozen_copy, trl_args, weighted_rows
 from anatomy.trainers.dpo import DPO, WeightedDPOTrainer
@@ -179,20 +176,13 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    print(f"ANATOMY_CACHE={os.environ['ANATOMY_CACHE']} (data, tiny LM and SAE; the first run builds them, minutes)")
-    t0 = time.perf_counter()
-    data = SyntheticData().load()
-    texts = data.texts()
-    model, model_hit = TinyModel().load(texts)
-    sae, sae_hit = TrainSAE().load(model, texts, model.path)
+    data, model, sae = default_study()
     features = Featurize().run(model, sae, data.train[:64])
     active = (features.chosen + features.rejected).getnnz(axis=0)
     block = sorted(int(f) for f in np.argsort(-active, kind="stable")[: args.features])
     selection = Selection(block=block, amplify=[], reasons={}, directions={f: "chosen" for f in block})
     plans = {"ablation": FeatureAblation().plan(selection, features, sae),
              "steering": FeatureSteering().plan(selection, features, sae)}
-    print(f"set-up {time.perf_counter() - t0:.1f} s (tiny model {'cached' if model_hit else 'built'}, "
-          f"SAE {'cached' if sae_hit else 'trained'}; later runs reuse the cache)")
 
     pairs = data.train[: args.pairs]
     stock_rows = [{k: v for k, v in row.items() if k != "weight"} for row in weighted_rows(pairs, None)]
