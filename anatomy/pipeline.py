@@ -105,8 +105,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     probes = stages.eval.probe_set(data) if hasattr(stages.eval, "probe_set") else []
     spec = stages.model.spec()
     stages.sae.check(spec)  # the hook exists and the SAE fits the model, before any weight loads
-    if hasattr(stages.intervention, "check"):
-        stages.intervention.check(spec)  # and so do the intervention's own hook points
+    stages.intervention.check(spec)  # and so do the intervention's own hook points
     texts = data.texts()
     with timer("model"):
         model, hit = stages.model.load(texts)

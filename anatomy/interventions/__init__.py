@@ -6,16 +6,17 @@
 - `data_filtering`: drop the pairs whose preference the blocked concept explains.
 - `data_reweighting`: weights under which the blocked concept is independent of the preference.
 
-Each option is a dataclass whose `plan(selection, features, sae)` returns a `Plan`.
+Each option is a dataclass deriving `Intervention`: `check(spec)` runs before any model is built,
+and `plan(selection, features, sae)` returns a `Plan`.
 """
 
 from dataclasses import dataclass
 
-from anatomy.interventions.plan import Plan
+from anatomy.interventions.plan import Intervention, Plan
 
 
 @dataclass
-class NoIntervention:
+class NoIntervention(Intervention):
     """Train on the data as it is."""
 
     def plan(self, selection, features, sae) -> Plan:

@@ -16,11 +16,11 @@ import torch
 
 from anatomy.errors import AnatomyError
 from anatomy.models.hooks import canonical_hook_name, parse_hook
-from anatomy.interventions.plan import Plan
+from anatomy.interventions.plan import Intervention, Plan
 
 
 @dataclass
-class FeatureAblation:
+class FeatureAblation(Intervention):
     """Project the blocked features' directions out of the activations during training."""
 
     extra_hooks: list[str] = field(default_factory=list)  # more hook points for the same projection

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from anatomy.errors import AnatomyError
-from anatomy.interventions.plan import Plan, concept_difference, weight_report
+from anatomy.interventions.plan import Intervention, Plan, concept_difference, weight_report
 
 
 @dataclass
-class DataFiltering:
+class DataFiltering(Intervention):
     """Drop pairs the blocked concept explains."""
 
     threshold: float = 0.5  # drop where the blocked concept's standardized difference exceeds this

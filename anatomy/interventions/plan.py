@@ -23,6 +23,16 @@ class Plan:
     report: dict[str, float] = field(default_factory=dict)  # intervention/* numbers for metrics.json
 
 
+class Intervention:
+    """What every intervention option is: `check(spec)` before any model is built, then `plan`."""
+
+    def check(self, spec) -> None:
+        """Fail on a config that cannot work with this model (e.g. a hook point it lacks); no I/O."""
+
+    def plan(self, selection: Selection, features: Features, sae) -> Plan:
+        raise NotImplementedError
+
+
 def concept_difference(features: Features, feature_ids: list[int], directions: dict[int, str]) -> np.ndarray:
     """Per pair: how much the selected concept favours chosen, in its hypothesis's direction.
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anatomy.errors import AnatomyError
-from anatomy.interventions.plan import Plan, concept_difference, weight_report
+from anatomy.interventions.plan import Intervention, Plan, concept_difference, weight_report
 
 
 def balance(d: np.ndarray, n_bins: int) -> np.ndarray:
@@ -48,7 +48,7 @@ def balance(d: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 @dataclass
-class DataReweighting:
+class DataReweighting(Intervention):
     """Reweight pairs so the blocked concept is independent of the preference."""
 
     n_bins: int = 4  # quantile bins of |d| within which the two signs are balanced

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from anatomy.errors import AnatomyError
-from anatomy.interventions.plan import Plan
+from anatomy.interventions.plan import Intervention, Plan
 
 
 @dataclass
-class FeatureSteering:
+class FeatureSteering(Intervention):
     """Add a multiple of the selected features' directions during training."""
 
     coefficient: float = 5.0  # size of the vector, in typical feature activations; > 0 supplies blocked concepts
