@@ -19,7 +19,8 @@
   would also count the change in how likely the model is to *stop* after the base, a length
   preference that every appended concept shares (in the default study it is most of the complete-
   response margin). That version is reported too, as `shift_complete/<concept>`. A reward model
-  scores complete responses only (its reward is read at the end token).
+  scores complete responses only (its reward is read at the end token). One pass gives both DPO
+  measures: the continuation's log-prob is the complete one less the end token's.
 - Next to each shift, the audit's prediction for that concept (the mean signed effect of its
   significant hypotheses), and their correlation across concepts.
 """
@@ -36,7 +37,7 @@ import pandas as pd
 from anatomy.data.files import read_rows
 from anatomy.data.schema import PreferencePair, Probe
 from anatomy.errors import AnatomyError
-from anatomy.eval.scoring import score
+from anatomy.eval.scoring import score, score_with_stop
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,9 @@ class Evaluate:
             prefix: str = "eval") -> dict[str, float]:
         kind, tok = trained.kind, trained.tokenizer
 
-        def margins(model, a, b, eos=True):
-            return (score(model, tok, a, kind, self.max_length, self.batch_size, eos)
-                    - score(model, tok, b, kind, self.max_length, self.batch_size, eos))
+        def margins(model, a, b):
+            return (score(model, tok, a, kind, self.max_length, self.batch_size)
+                    - score(model, tok, b, kind, self.max_length, self.batch_size))
 
         metrics: dict[str, float] = {}
         if heldout:
@@ -125,11 +126,15 @@ class Evaluate:
             return metrics
         pos = [(p.prompt, p.positive) for p in probes]
         neg = [(p.prompt, p.negative) for p in probes]
-        complete = margins(trained.policy, pos, neg) - margins(trained.reference, pos, neg)
-        measures = {"shift": complete}
-        if kind == "dpo":  # continuations for the shift; the complete-response margin alongside
-            measures = {"shift": margins(trained.policy, pos, neg, eos=False) - margins(trained.reference, pos, neg, eos=False),
-                        "shift_complete": complete}
+        if kind == "dpo":  # continuations for the shift; the complete-response margin alongside (one pass)
+            parts = [score_with_stop(m, tok, texts, self.max_length, self.batch_size)
+                     for m in (trained.policy, trained.reference) for texts in (pos, neg)]
+            (pol_pos, pol_pos_stop), (pol_neg, pol_neg_stop), (ref_pos, ref_pos_stop), (ref_neg, ref_neg_stop) = parts
+            complete = (pol_pos - pol_neg) - (ref_pos - ref_neg)
+            stopping = (pol_pos_stop - pol_neg_stop) - (ref_pos_stop - ref_neg_stop)
+            measures = {"shift": complete - stopping, "shift_complete": complete}
+        else:
+            measures = {"shift": margins(trained.policy, pos, neg) - margins(trained.reference, pos, neg)}
         for name, values in measures.items():
             by_concept: dict[str, list[float]] = defaultdict(list)
             for probe, d in zip(probes, values):

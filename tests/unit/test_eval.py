@@ -1,5 +1,6 @@
-"""The evaluation's pieces that need no model: the held-out yardstick where a concept cannot be a
-shortcut, and the audit's per-concept prediction that the learned shifts are compared with."""
+"""The evaluation's pieces: the held-out yardstick where a concept cannot be a
+shortcut, the audit's per-concept prediction that the learned shifts are compared with, and
+scoring (on a small random model)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,31 @@ def test_prediction_without_ground_truth_matches_the_concept_name_in_top_tokens(
         "direction": ["chosen", "chosen", "rejected"], "top_tokens": ["Sorry|no", "sorry", "maybe"],
     })
     assert predictions(table, ["sorry", "maybe"]) == pytest.approx({"sorry": 0.4, "maybe": -0.2})
+
+
+# -- scoring: one pass gives the complete and the continuation score ----------------------------
+
+
+def test_score_with_stop_gives_complete_and_continuation_scores_in_one_pass():
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from anatomy.eval.scoring import score, score_with_stop
+
+    texts = [("Question: which is a fruit?\nAnswer:", " the apple"), ("Q:", " a much longer answer, with more words in it"),
+             ("", " no prompt at all"), ("Question: a long prompt " + "word " * 40, " cut")]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([p + r for p, r in texts], vocab_size=300, special_tokens=["<|endoftext|>", "<pad>"],
+                            show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<pad>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    complete, stop = score_with_stop(model, tok, texts[:3], batch_size=2)
+    np.testing.assert_allclose(complete, score(model, tok, texts[:3], "dpo", batch_size=2), rtol=1e-5)
+    np.testing.assert_allclose(complete - stop, score(model, tok, texts[:3], "dpo", batch_size=2, eos=False), rtol=1e-4)
+    assert (stop < 0).all()  # the end token's own log-prob, not zero
+    # A text cut to max_length: the end token is still scored (the prompt is cut from the left first).
+    _, cut_stop = score_with_stop(model, tok, texts[3:], max_length=12)
+    assert cut_stop[0] < 0
