@@ -3,7 +3,9 @@
 For every pair, both responses are run after their prompt (batched, no grad); the activations of
 the response tokens at the SAE's hook are encoded by the SAE and pooled per response (max or mean),
 giving sparse (n_pairs, d_sae) matrices for chosen and rejected. Along the way it keeps, per
-feature, its top-activating token occurrences: the raw material of the evidence.
+feature, its top-activating token occurrences: the raw material of the evidence. Responses are
+batched in order of length, so a batch pads little (on real data lengths vary tenfold), and every
+result is stored at its response's own place.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tqdm.auto import tqdm
 from anatomy.cache import cached_dir
 from anatomy.data.schema import PreferencePair
 from anatomy.errors import AnatomyError
-from anatomy.models.base import LoadedModel, encode_batch
+from anatomy.models.base import LoadedModel, encode_pair, pad_batch
 from anatomy.models.hooks import capture
 from anatomy.saes.base import LoadedSAE
 
@@ -93,45 +95,43 @@ def _sae_encode(sae, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def featurize(model: LoadedModel, sae: LoadedSAE, pairs: list[PreferencePair], cfg: Featurize) -> Features:
+    if not pairs:
+        raise AnatomyError("no pairs to featurize")
     tok, device = model.tokenizer, model.model.device
     k, d_sae = cfg.top_examples, sae.d_sae
+    texts = [(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)]  # response r = 2 * pair (+1: rejected)
+    encoded = [encode_pair(tok, prompt, response, cfg.max_length) for prompt, response in texts]
+    lengths = np.array([len(ids) - start for ids, start in encoded])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])  # response r's tokens: tokens[offsets[r]:offsets[r + 1]]
+    tokens = np.concatenate([np.asarray(ids[start:], dtype=np.int32) for ids, start in encoded])
+    order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")  # similar lengths share a batch
     top_values = torch.zeros(k, d_sae)
     top_where = torch.full((k, d_sae), -1, dtype=torch.long)
     pooled_rows: list[sp.csr_matrix] = []
-    all_tokens: list[np.ndarray] = []
-    lengths: list[int] = []
-    seen = 0  # response tokens stored so far
-    for start in tqdm(range(0, len(pairs), cfg.batch_size), desc="Featurizing", unit="batch"):
-        batch = pairs[start:start + cfg.batch_size]
-        texts = [(p.prompt, r) for p in batch for r in (p.chosen, p.rejected)]
-        input_ids, mask, response, response_ids = encode_batch(tok, texts, cfg.max_length)
-        all_tokens += [np.asarray(ids, dtype=np.int32) for ids in response_ids]
-        lengths += [len(ids) for ids in response_ids]
+    per_batch = 2 * cfg.batch_size  # two responses per pair
+    for start in tqdm(range(0, len(texts), per_batch), desc="Featurizing", unit="batch"):
+        rows = order[start:start + per_batch]
+        input_ids, mask, response, _ = pad_batch(tok, [encoded[r] for r in rows])
         acts = capture(model.model, sae.hook, input_ids.to(device), mask.to(device))
         token_acts = _sae_encode(sae.sae, acts[response.to(acts.device)].to(sae.sae.dtype)).float().cpu()
-        seq_of_token = torch.arange(len(texts)).unsqueeze(1).expand_as(response)[response]
-        pooled = torch.zeros(len(texts), d_sae)
+        seq_of_token = torch.arange(len(rows)).unsqueeze(1).expand_as(response)[response]
+        pooled = torch.zeros(len(rows), d_sae)
         if cfg.pooling == "max":
             pooled.scatter_reduce_(0, seq_of_token.unsqueeze(1).expand_as(token_acts), token_acts, "amax")
         else:
             pooled.index_add_(0, seq_of_token, token_acts)
-            pooled /= torch.bincount(seq_of_token, minlength=len(texts)).clamp(min=1).unsqueeze(1)
+            pooled /= torch.bincount(seq_of_token, minlength=len(rows)).clamp(min=1).unsqueeze(1)
         pooled_rows.append(sp.csr_matrix(pooled.numpy()))
-        # Running top-k occurrences per feature over every response token seen so far.
-        where = torch.arange(seen, seen + token_acts.shape[0]).unsqueeze(1).expand_as(token_acts)
+        # Running top-k occurrences per feature; `where` indexes the response tokens in pair order.
+        position = (response.cumsum(dim=1) - 1)[response]
+        where = (torch.from_numpy(offsets[rows])[seq_of_token] + position).unsqueeze(1).expand_as(token_acts)
         values = torch.cat([top_values, token_acts])
         top_values, idx = values.topk(k, dim=0)
         top_where = torch.cat([top_where, where]).gather(0, idx)
-        seen += token_acts.shape[0]
-    if not pooled_rows:
-        raise AnatomyError("no pairs to featurize")
-    pooled_all = sp.vstack(pooled_rows).tocsr()
+    pooled_all = sp.vstack(pooled_rows).tocsr()[np.argsort(order)]  # back to response order
     top_where[top_values <= 0] = -1
-    lengths_arr = np.asarray(lengths)
-    offsets = np.concatenate([[0], np.cumsum(lengths_arr)])
     return Features(
         chosen=pooled_all[0::2].astype(np.float32), rejected=pooled_all[1::2].astype(np.float32),
-        chosen_length=lengths_arr[0::2], rejected_length=lengths_arr[1::2],
-        tokens=np.concatenate(all_tokens), offsets=offsets,
+        chosen_length=lengths[0::2], rejected_length=lengths[1::2], tokens=tokens, offsets=offsets,
         top_values=top_values.numpy(), top_where=top_where.numpy(),
     )

@@ -49,7 +49,11 @@ def encode_batch(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]
                  eos: bool = False):
     """(prompt, response) texts as one right-padded batch: input ids, attention mask, response mask
     (True on the response's tokens), and the response token ids of each row."""
-    encoded = [encode_pair(tokenizer, p, r, max_length, eos) for p, r in texts]
+    return pad_batch(tokenizer, [encode_pair(tokenizer, p, r, max_length, eos) for p, r in texts])
+
+
+def pad_batch(tokenizer: PreTrainedTokenizerBase, encoded: list[tuple[list[int], int]]):
+    """`encode_pair` outputs as one right-padded batch (see `encode_batch`)."""
     width = max(len(ids) for ids, _ in encoded)
     input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(input_ids)

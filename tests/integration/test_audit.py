@@ -72,6 +72,40 @@ def test_null_calibration(default_audit):
         assert table["significant"].sum() <= 1, table[table["significant"]].head()
 
 
+def test_featurize_batches_by_length_and_stores_in_pair_order(default_audit):
+    """Batching responses by length changes which responses share a forward pass, never the result:
+    batches of 3 pairs and one batch of all give the same pooled features, and every kept top
+    occurrence points at a token of the response whose pooled activation it is."""
+    import numpy as np
+    from hydra.utils import instantiate
+
+    from anatomy.features import Featurize
+    from conftest import compose
+
+    cfg = compose(*SMALL)
+    data = instantiate(cfg.data).load()
+    texts = data.texts()
+    model, _ = instantiate(cfg.model).load(texts)
+    sae, _ = instantiate(cfg.sae).load(model, texts, model.path)
+    pairs = data.heldout[:40]
+    small, whole = Featurize(batch_size=3).run(model, sae, pairs), Featurize(batch_size=64).run(model, sae, pairs)
+    np.testing.assert_allclose(small.chosen.toarray(), whole.chosen.toarray(), atol=1e-4)
+    np.testing.assert_allclose(small.rejected.toarray(), whole.rejected.toarray(), atol=1e-4)
+    assert (small.tokens == whole.tokens).all() and (small.offsets == whole.offsets).all()
+    tok = model.tokenizer
+    first = pairs[0]
+    assert tok.decode(small.tokens[small.offsets[0]:small.offsets[1]]) == first.chosen
+    assert tok.decode(small.tokens[small.offsets[1]:small.offsets[2]]) == first.rejected
+    pooled = np.empty((2 * len(pairs), sae.d_sae))
+    pooled[0::2], pooled[1::2] = small.chosen.toarray(), small.rejected.toarray()
+    active = np.flatnonzero(small.top_where[0] >= 0)
+    assert len(active) > 20
+    for f in active:  # the strongest occurrence is the max-pooled value of the response it sits in
+        response = np.searchsorted(small.offsets, small.top_where[0, f], side="right") - 1
+        assert abs(pooled[response, f] - small.top_values[0, f]) < 1e-4
+        assert abs(pooled[:, f].max() - small.top_values[0, f]) < 1e-4
+
+
 def test_same_config_same_numbers(default_audit, tmp_path):
     metrics, out = default_audit
     again, out2 = run_study(tmp_path, *SMALL, *AUDIT)
