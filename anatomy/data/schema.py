@@ -55,11 +55,13 @@ class PreferenceData:
     concepts: list[Concept] = field(default_factory=list)  # empty unless the ground truth is known
     probes: list[Probe] = field(default_factory=list)
     report: dict[str, float] = field(default_factory=dict)  # rows read / dropped, for metrics.json
+    background: list[tuple[str, str]] = field(default_factory=list)  # (prompt, response) texts with no preference
 
     def texts(self) -> list[tuple[str, str]]:
-        """Every (prompt, response) of both splits: what a model or SAE is fitted to."""
+        """Every (prompt, response) of both splits, then the background texts: what a model or SAE is
+        fitted to (unsupervised: no preference label is seen)."""
         pairs = self.train + self.heldout
-        return [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+        return [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs] + self.background
 
 
 def validate_rows(

@@ -9,6 +9,12 @@ and hedging (planted on the rejected side). They are appended after the answer s
 model, they never change the activations of the answer's own tokens. Every pair records the
 concepts each response carries, and `probes` gives, per concept, pairs differing only in it.
 
+A base LM knows which item is an animal before any preference training. The tiny model trained on
+the pairs alone does not (it sees right and wrong answers alike), so it cannot learn the on-target
+concept. `knowledge` background texts (category questions answered correctly, with no preference
+and no spurious concept) can join the texts a model is pretrained on; with 2,000 of them and a
+longer pretraining the tiny model learns the categories (`experiments/on_target_knowledge.yaml`).
+
     >>> data = SyntheticData(n_pairs=200, seed=0).load()
     >>> data.train[0].concepts_chosen
 """
@@ -111,9 +117,12 @@ class SyntheticData:
     )
     coin_flip: bool = False  # which response is chosen is a coin flip: no planted difference at all
     n_probes: int = 64  # probe pairs per concept (differ only in that concept)
+    knowledge: int = 0  # background texts for pretraining: category questions answered correctly
     seed: int = 0  # seeds the generator and the split
 
     def __post_init__(self):
+        if self.knowledge < 0:
+            raise AnatomyError(f"data.knowledge must be >= 0, got {self.knowledge}")
         if self.n_pairs < 10:
             raise AnatomyError(f"data.n_pairs must be >= 10, got {self.n_pairs}")
         for name, value in [("heldout_fraction", self.heldout_fraction), ("harmful_fraction", self.harmful_fraction),
@@ -206,10 +215,19 @@ class SyntheticData:
             out.append(Probe("refusal", harmful, " " + rng.choice(REFUSALS), " " + rng.choice(COMPLIANCE).format(harm=harm)))
         return out
 
+    def background(self, rng: random.Random) -> list[tuple[str, str]]:
+        """Category questions answered correctly: the world knowledge a base LM would bring."""
+        out = []
+        for _ in range(self.knowledge):
+            prompt, category, right, _ = self._question(rng)
+            out.append((_fmt(prompt), " " + self._answer(rng, category, right)))
+        return out
+
     def load(self) -> PreferenceData:
         rng = random.Random(self.seed)
         pairs = [self._pair(rng) for _ in range(self.n_pairs)]
         train, heldout = split_by_prompt(pairs, self.heldout_fraction, self.seed)
         probes = self.probes(random.Random(self.seed + 1_000_003))
         concepts = [] if self.coin_flip else self.concepts()
-        return PreferenceData(train, heldout, concepts, probes, {"data/rows": float(len(pairs))})
+        background = self.background(random.Random(self.seed + 2_000_003))
+        return PreferenceData(train, heldout, concepts, probes, {"data/rows": float(len(pairs))}, background)

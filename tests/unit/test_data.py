@@ -18,7 +18,7 @@ from anatomy.data.files import read_rows
 from anatomy.data.hh_rlhf import MARKER, HHRLHFData, split_dialogue
 from anatomy.data.local import LocalData
 from anatomy.data.schema import PreferencePair, split_by_prompt, validate_rows
-from anatomy.data.synthetic import SPURIOUS_PHRASES, SyntheticData
+from anatomy.data.synthetic import CATEGORIES, QUESTIONS, SPURIOUS_PHRASES, SyntheticData
 from anatomy.errors import AnatomyError
 
 # Rows with awkward content: a comma, quotes, a line break, non-ASCII text.
@@ -410,6 +410,26 @@ def test_synthetic_probes_differ_only_in_their_concept():
     assert len({p.prompt for p in first_round if p.concept != "refusal"}) == 1
 
 
+def test_synthetic_knowledge_is_background_text_answered_correctly():
+    plain = SyntheticData(n_pairs=100, seed=3).load()
+    knowing = SyntheticData(n_pairs=100, knowledge=300, seed=3).load()
+    # The pairs, the split and the probes are the same: knowledge only adds pretraining text.
+    assert (knowing.train, knowing.heldout, knowing.probes) == (plain.train, plain.heldout, plain.probes)
+    assert plain.background == [] and plain.texts() == knowing.texts()[: len(plain.texts())]
+    assert knowing.texts()[len(plain.texts()):] == knowing.background and len(knowing.background) == 300
+    items = {item: category for category, members in CATEGORIES.items() for item in members}
+    templates = [re.escape(q).replace(r"\{category\}", "(?P<category>\\w+)").replace(r"\{a\}", "(?P<a>\\w+)")
+                 .replace(r"\{b\}", "(?P<b>\\w+)") for q in QUESTIONS]
+    for prompt, response in knowing.background:
+        question = prompt.removeprefix("Question: ").removesuffix("\nAnswer:")
+        match = next(m for t in templates if (m := re.fullmatch(t, question)))
+        category, a, b = match["category"], match["a"], match["b"]
+        named = re.sub(r"\W", "", response.split()[-1])
+        assert named in (a, b) and items[named] == category, (prompt, response)
+        assert not any(_has_phrase(response, concept) for concept in SPURIOUS_PHRASES)
+    assert len({prompt for prompt, _ in knowing.background}) > 100  # many different questions
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -418,6 +438,7 @@ def test_synthetic_probes_differ_only_in_their_concept():
         ({"rates": {"flattery": [0.5, 0.5]}}, "unknown concept 'flattery'"),
         ({"rates": {"markdown": [0.5]}}, r"data.rates.markdown must be \[rate_chosen, rate_rejected\]"),
         ({"rates": {"markdown": [0.5, 1.5]}}, r"data.rates.markdown must be"),
+        ({"knowledge": -1}, "data.knowledge must be >= 0, got -1"),
     ],
 )
 def test_synthetic_rejects_bad_settings(kwargs, match):
