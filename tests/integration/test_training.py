@@ -258,6 +258,9 @@ def test_reweighting_reports_its_weights(reweighted):
 CUT = {"feature_ablation": 0.5, "feature_steering": 0.5, "data_filtering": 0.8, "data_reweighting": 0.8}
 # Held-out accuracy must stay at >= 95% of the baseline's (the target). Two interventions miss
 # it, here as over 3 seeds at full size (the README explains why); strict xfails record it.
+# Both misses are what training without markdown's signal costs on held-out pairs that still carry
+# it: a model trained on data where markdown is planted independently of the preference scores 0.91x
+# on the default held-out pairs (experiment=markdown_independent, README).
 ACCURACY_MISS = {
     "data_filtering": "the filtered model learns an aversion to markdown (shift -3.09 here) and so gets the "
                       "held-out pairs where markdown marks the chosen response wrong: 0.725 vs 0.806 here, "
