@@ -4,8 +4,8 @@ For every pair, both responses are run after their prompt (batched, no grad); th
 the response tokens at the SAE's hook are encoded by the SAE and pooled per response (max or mean),
 giving sparse (n_pairs, d_sae) matrices for chosen and rejected. Along the way it keeps, per
 feature, its top-activating token occurrences: the raw material of the evidence. Responses are
-batched in order of length, so a batch pads little (on real data lengths vary tenfold), and every
-result is stored at its response's own place.
+batched in order of length, so a batch pads little (real responses vary widely in length), and
+every result is stored at its response's own place.
 """
 
 from __future__ import annotations
@@ -100,10 +100,12 @@ def featurize(model: LoadedModel, sae: LoadedSAE, pairs: list[PreferencePair], c
     tok, device = model.tokenizer, model.model.device
     k, d_sae = cfg.top_examples, sae.d_sae
     texts = [(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)]  # response r = 2 * pair (+1: rejected)
-    encoded = [encode_pair(tok, prompt, response, cfg.max_length) for prompt, response in texts]
+    encoded = [(np.asarray(ids, dtype=np.int32), start)  # int32 arrays: a tenth of a list's memory
+               for ids, start in (encode_pair(tok, prompt, response, cfg.max_length)
+                                  for prompt, response in tqdm(texts, desc="Tokenizing", unit="response"))]
     lengths = np.array([len(ids) - start for ids, start in encoded])
     offsets = np.concatenate([[0], np.cumsum(lengths)])  # response r's tokens: tokens[offsets[r]:offsets[r + 1]]
-    tokens = np.concatenate([np.asarray(ids[start:], dtype=np.int32) for ids, start in encoded])
+    tokens = np.concatenate([ids[start:] for ids, start in encoded])
     order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")  # similar lengths share a batch
     top_values = torch.zeros(k, d_sae)
     top_where = torch.full((k, d_sae), -1, dtype=torch.long)
