@@ -208,11 +208,30 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, ou
         metrics.update(stages.eval.run(trained, data.heldout, probes, table))
     if stages.eval.compare_baseline and not isinstance(stages.intervention, NoIntervention):
         with timer("baseline"):
-            baseline = stages.trainer.train(model, data.train, Plan())
-            base = stages.eval.run(baseline, data.heldout, probes, table, prefix="eval/baseline")
+            base, hit = measure_baseline(stages, data, probes, model)
+            base.update(stages.eval.compare(base, table, prefix="eval/baseline"))
+        metrics["cache/baseline"] = float(hit)
         metrics.update(base)
         for key, value in list(base.items()):
             if key.startswith("eval/baseline/shift/") and abs(value) > 1e-9:
                 concept = key.rsplit("/", 1)[-1]
                 metrics[f"eval/shift_reduction/{concept}"] = 1.0 - metrics[f"eval/shift/{concept}"] / value
     return metrics
+
+
+def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], bool]:
+    """The same training without intervention, measured, through the stage cache (keyed by the
+    trainer, the model, the pairs and probes, and the eval config): a sweep over interventions or
+    selections trains it once. -> (eval/baseline/* metrics, cache hit)"""
+    import hashlib
+    import json
+
+    def build(folder: Path) -> None:
+        baseline = stages.trainer.train(model, data.train, Plan())
+        measured = stages.eval.measure(baseline, data.heldout, probes, prefix="eval/baseline")
+        (folder / "metrics.json").write_text(json.dumps(measured, indent=1, sort_keys=True))
+
+    texts = hashlib.sha256(repr((data.train, data.heldout, probes)).encode()).hexdigest()
+    key = {"trainer": asdict(stages.trainer), "model": model.path, "data": texts, "eval": asdict(stages.eval)}
+    folder, hit = cached_dir("baseline", key, build)
+    return json.loads((folder / "metrics.json").read_text()), hit

@@ -98,6 +98,12 @@ class Evaluate:
 
     def run(self, trained, heldout: list[PreferencePair], probes: list[Probe], table: pd.DataFrame,
             prefix: str = "eval") -> dict[str, float]:
+        """`measure`, then `compare` with the audit's predictions."""
+        metrics = self.measure(trained, heldout, probes, prefix)
+        return {**metrics, **self.compare(metrics, table, prefix)}
+
+    def measure(self, trained, heldout: list[PreferencePair], probes: list[Probe], prefix: str = "eval") -> dict[str, float]:
+        """What the trained model learned: held-out accuracy and per-concept shifts (needs no audit)."""
         kind, tok = trained.kind, trained.tokenizer
 
         def margins(model, a, b):
@@ -142,7 +148,15 @@ class Evaluate:
             for concept, v in by_concept.items():
                 metrics[f"{prefix}/{name}/{concept}"] = float(np.mean(v))
                 metrics[f"{prefix}/{name}_se/{concept}"] = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
-        shifts = {k.rsplit("/", 1)[-1]: v for k, v in metrics.items() if k.startswith(f"{prefix}/shift/")}
+        return metrics
+
+    @staticmethod
+    def compare(measured: dict[str, float], table: pd.DataFrame, prefix: str = "eval") -> dict[str, float]:
+        """Next to each measured shift, the audit's prediction, and their correlation across concepts."""
+        metrics: dict[str, float] = {}
+        shifts = {k.rsplit("/", 1)[-1]: v for k, v in measured.items() if k.startswith(f"{prefix}/shift/")}
+        if not shifts:
+            return metrics
         predicted = predictions(table, list(shifts))
         for concept, value in predicted.items():
             metrics[f"{prefix}/prediction/{concept}"] = value

@@ -431,6 +431,23 @@ def test_intervention_none_does_not_need_a_matching_selection(tmp_path):
     assert metrics["train/steps"] >= 1
 
 
+def test_the_baseline_is_trained_once_per_sweep_and_equals_the_no_intervention_run(tmp_path):
+    """A second intervention with the same trainer, data and eval reuses the baseline from the stage
+    cache, and the baseline is exactly what intervention=none trains and measures."""
+    short = (*SMALL, "trainer=dpo", "trainer.epochs=0.07", "eval=default", "eval.compare_baseline=true",
+             "select.block=[recap]")
+    first, _ = run_study(tmp_path / "a", *short, "intervention=data_filtering")
+    second, _ = run_study(tmp_path / "b", *short, "intervention=data_reweighting")
+    plain, _ = run_study(tmp_path / "c", *short, "intervention=none")
+    assert second["cache/baseline"] == 1.0  # (the first is a miss unless ANATOMY_TEST_CACHE kept it)
+    base = {k: v for k, v in first.items() if k.startswith("eval/baseline/")}
+    assert any(k.startswith("eval/baseline/shift/") for k in base) and "eval/baseline/heldout_accuracy" in base
+    assert base == {k: v for k, v in second.items() if k.startswith("eval/baseline/")}
+    assert "cache/baseline" not in plain  # nothing to compare with
+    assert {k.replace("eval/baseline/", "eval/"): v for k, v in base.items()} == {
+        k: v for k, v in plain.items() if k.startswith("eval/") and not k.startswith("eval/baseline/")}
+
+
 # -- a real dataset: DPO with an intervention on HH-RLHF ---------------------------------------
 
 
