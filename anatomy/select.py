@@ -3,6 +3,7 @@
     select.block=[genius,smart,412]      # strings match a significant hypothesis's top tokens
     select.amplify=[sorry]               # (case-insensitive, whole token); ints are feature ids
     select.verdicts=verdicts.yaml        # {feature_id: allow | block | amplify}, edited by a person
+    select.match_top=2                   # strings match only the 2 strongest top tokens (default: all)
 
 The result records every selected feature with the reason it was selected.
 """
@@ -46,8 +47,11 @@ class Select:
     block: list = field(default_factory=list)  # feature ids (int) or strings matched against top tokens
     amplify: list = field(default_factory=list)  # as block, for concepts to strengthen
     verdicts: str | None = None  # YAML file {feature: allow | block | amplify}, applied after block/amplify
+    match_top: int = 0  # match strings against each hypothesis's first match_top top tokens only (0 = all)
 
     def __post_init__(self):
+        if self.match_top < 0:
+            raise AnatomyError(f"select.match_top must be >= 0 (0 = every top token), got {self.match_top}")
         self.block, self.amplify = list(self.block or []), list(self.amplify or [])
         for item in self.block + self.amplify:
             if not isinstance(item, (int, str)) or isinstance(item, bool):
@@ -79,8 +83,9 @@ class Select:
         """Resolve ids and strings against the hypotheses table (hypotheses.csv's rows)."""
         tested = {int(f): d for f, d in zip(table["feature"], table["direction"])}
         significant = table[table["significant"]]
-        tokens = {int(f): [t.lower() for t in str(top).split("|")] for f, top in
+        tokens = {int(f): [t.lower() for t in str(top).split("|")][: self.match_top or None] for f, top in
                   zip(significant["feature"], significant["top_tokens"])}
+        where = f"first {self.match_top} top tokens" if self.match_top else "top tokens"
         chosen: dict[str, dict[int, list[str]]] = {"block": {}, "amplify": {}}
         unmatched: list[str] = []
         for kind, items in (("block", self.block), ("amplify", self.amplify)):
@@ -92,10 +97,10 @@ class Select:
                     continue
                 hits = [f for f, toks in tokens.items() if item.lower() in toks]
                 if not hits:
-                    log.warning("select.%s: %r matches no significant hypothesis's top tokens", kind, item)
+                    log.warning("select.%s: %r matches no significant hypothesis's %s", kind, item, where)
                     unmatched.append(f"{kind}:{item}")
                 for f in hits:
-                    chosen[kind].setdefault(f, []).append(f"select.{kind} {item!r} matches its top tokens")
+                    chosen[kind].setdefault(f, []).append(f"select.{kind} {item!r} matches its {where}")
         if self.verdicts:
             for feature, verdict in self._verdicts().items():
                 if feature not in tested:

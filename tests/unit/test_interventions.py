@@ -101,6 +101,17 @@ def test_select_one_string_can_hit_several_features():
     assert all("'**'" in sel.reasons[f][0] for f in (3, 5))
 
 
+def test_select_match_top_matches_only_the_strongest_top_tokens():
+    t = table()
+    t.loc[1, "top_tokens"] = "genius|smart|**"  # "**" only as feature 5's third top token
+    assert Select(block=["**"]).run(t).block == [3, 5]  # default: every top token
+    sel = Select(block=["**"], match_top=1).run(t)
+    assert sel.block == [3] and sel.reasons[3] == ["select.block '**' matches its first 1 top tokens"]
+    assert Select(block=["**", "smart"], match_top=2).run(t).block == [3, 5]  # smart is 5's second
+    with pytest.raises(AnatomyError, match="match_top must be >= 0"):
+        Select(match_top=-1)
+
+
 def test_select_unmatched_strings_are_recorded_and_warned(caplog):
     with caplog.at_level(logging.WARNING, logger="anatomy.select"):
         sel = Select(block=["genius", "nonsense"], amplify=["nothing"]).run(table())
