@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from anatomy.errors import AnatomyError
 from anatomy.features import Features
 from anatomy.models.hooks import HookFn
 from anatomy.select import Selection
@@ -48,6 +50,24 @@ def concept_difference(features: Features, feature_ids: list[int], directions: d
     scale[scale == 0] = 1.0
     sign = np.array([1.0 if directions.get(int(f), "chosen") == "chosen" else -1.0 for f in cols])
     return (diff / scale * sign).mean(axis=1)
+
+
+def mixed_direction(feature_ids: list[int], signs: list[float], features: Features, w_dec: torch.Tensor
+                    ) -> tuple[torch.Tensor, float]:
+    """One direction for several features: unit(sum_f s_f * a_f * u_f), where u_f is feature f's unit
+    decoder direction and a_f its typical strength (mean pooled activation over the responses where
+    it is active), and the mean of the a_f. -> (unit direction, typical activation)"""
+    chosen, rejected = features.chosen.tocsc(), features.rejected.tocsc()
+    mix = torch.zeros(w_dec.shape[1])
+    strengths = []
+    for f, sign in zip(feature_ids, signs):
+        active = np.concatenate([chosen[:, [f]].data, rejected[:, [f]].data])
+        strength = float(active.mean()) if len(active) else 1.0
+        strengths.append(strength)
+        mix += sign * strength * w_dec[f] / w_dec[f].norm()
+    if mix.norm() == 0:
+        raise AnatomyError("the selected features' directions cancel out (a zero direction)")
+    return mix / mix.norm(), float(np.mean(strengths))
 
 
 def weight_report(prefix: str, weights: np.ndarray) -> dict[str, float]:

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from anatomy.errors import AnatomyError
-from anatomy.interventions.plan import Intervention, Plan
+from anatomy.interventions.plan import Intervention, Plan, mixed_direction
 
 
 @dataclass
@@ -36,20 +35,12 @@ class FeatureSteering(Intervention):
         feats = selection.block + selection.amplify
         if not feats:
             raise AnatomyError("intervention=feature_steering needs select.block or select.amplify")
-        w_dec = sae.sae.W_dec.detach().float()
-        chosen, rejected = features.chosen.tocsc(), features.rejected.tocsc()
-        mix = torch.zeros(w_dec.shape[1])
-        strengths = []
-        for f in feats:  # typical strength: the mean pooled activation over responses where it is active
-            active = np.concatenate([chosen[:, [f]].data, rejected[:, [f]].data])
-            strength = float(active.mean()) if len(active) else 1.0
-            strengths.append(strength)
-            sign = 1.0 if f in selection.block else -1.0
-            mix += sign * strength * w_dec[f] / w_dec[f].norm()
-        if mix.norm() == 0:
-            raise AnatomyError("feature_steering: the selected directions cancel out (zero steering vector)")
-        typical = float(np.mean(strengths))
-        vector = self.coefficient * typical * mix / mix.norm()
+        signs = [1.0 if f in selection.block else -1.0 for f in feats]
+        try:
+            direction, typical = mixed_direction(feats, signs, features, sae.sae.W_dec.detach().float())
+        except AnatomyError as err:
+            raise AnatomyError(f"feature_steering: {err}") from None
+        vector = self.coefficient * typical * direction
 
         def steer(act: torch.Tensor) -> torch.Tensor:
             return act + vector.to(act.device, act.dtype)

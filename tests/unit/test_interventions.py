@@ -492,6 +492,26 @@ def test_ablation_extra_hooks_apply_the_same_projection(w_dec):
     assert torch.equal(plan.edits["blocks.0.hook_resid_post"](y), plan.edits["blocks.1.hook_resid_post"](y))
 
 
+def test_mixed_ablation_removes_one_direction_the_steering_direction(w_dec):
+    n, d_sae = 6, 12
+    chosen = np.zeros((n, d_sae))
+    chosen[:, 4] = [2.0, 0.0, 1.0, 3.0, 0.0, 2.0]  # typical strength 2
+    chosen[:, 6] = [0.5, 0.5, 0.0, 0.5, 0.5, 0.5]  # typical strength 0.5
+    feats = make_features(chosen, chosen.copy())
+    plan = FeatureAblation(mixed=True).plan(selection(block=[4, 6]), feats, fake_sae(w_dec))
+    assert plan.report["intervention/n_directions"] == 1.0
+    mix = 2.0 * w_dec[4] / w_dec[4].norm() + 0.5 * w_dec[6] / w_dec[6].norm()
+    u = mix / mix.norm()
+    x = torch.randn(3, 5, 16)
+    out = plan.edits["blocks.0.hook_resid_post"](x)
+    assert torch.allclose(out, x - (x @ u)[..., None] * u, atol=1e-5)  # exactly that direction goes
+    steer = FeatureSteering(coefficient=1.0).plan(selection(block=[4, 6]), feats, fake_sae(w_dec))
+    v = steer.edits["blocks.0.hook_resid_post"](torch.zeros(16))
+    assert torch.allclose(v / v.norm(), u, atol=1e-5)  # the direction steering adds
+    # the full-span ablation also removes each feature's own direction; the mixed one does not
+    assert (out @ (w_dec[4] / w_dec[4].norm())).abs().max() > 1e-2
+
+
 # -- feature steering --------------------------------------------------------------------------
 
 
