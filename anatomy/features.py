@@ -93,25 +93,33 @@ def _sae_encode(sae, x: torch.Tensor) -> torch.Tensor:
     return out.to_dense() if out.is_sparse else out
 
 
+def encode_responses(tok, pairs: list[PreferencePair], max_length: int
+                     ) -> tuple[list[tuple[np.ndarray, int]], np.ndarray]:
+    """Every response after its prompt (`encode_pair`; response r = 2 * pair, +1 if rejected), as
+    int32 arrays (a tenth of a list's memory), and the order that batches similar lengths together.
+    -> ([(ids, response start)], order)"""
+    texts = [(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)]
+    encoded = [(np.asarray(ids, dtype=np.int32), start) for ids, start in (
+        encode_pair(tok, prompt, response, max_length)
+        for prompt, response in tqdm(texts, desc="Tokenizing", unit="response"))]
+    return encoded, np.argsort([len(ids) for ids, _ in encoded], kind="stable")
+
+
 @torch.no_grad()
 def featurize(model: LoadedModel, sae: LoadedSAE, pairs: list[PreferencePair], cfg: Featurize) -> Features:
     if not pairs:
         raise AnatomyError("no pairs to featurize")
     tok, device = model.tokenizer, model.model.device
     k, d_sae = cfg.top_examples, sae.d_sae
-    texts = [(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)]  # response r = 2 * pair (+1: rejected)
-    encoded = [(np.asarray(ids, dtype=np.int32), start)  # int32 arrays: a tenth of a list's memory
-               for ids, start in (encode_pair(tok, prompt, response, cfg.max_length)
-                                  for prompt, response in tqdm(texts, desc="Tokenizing", unit="response"))]
+    encoded, order = encode_responses(tok, pairs, cfg.max_length)
     lengths = np.array([len(ids) - start for ids, start in encoded])
     offsets = np.concatenate([[0], np.cumsum(lengths)])  # response r's tokens: tokens[offsets[r]:offsets[r + 1]]
     tokens = np.concatenate([ids[start:] for ids, start in encoded])
-    order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")  # similar lengths share a batch
     top_values = torch.zeros(k, d_sae)
     top_where = torch.full((k, d_sae), -1, dtype=torch.long)
     pooled_rows: list[sp.csr_matrix] = []
     per_batch = 2 * cfg.batch_size  # two responses per pair
-    for start in tqdm(range(0, len(texts), per_batch), desc="Featurizing", unit="batch"):
+    for start in tqdm(range(0, len(encoded), per_batch), desc="Featurizing", unit="batch"):
         rows = order[start:start + per_batch]
         input_ids, mask, response, _ = pad_batch(tok, [encoded[r] for r in rows])
         acts = capture(model.model, sae.hook, input_ids.to(device), mask.to(device))

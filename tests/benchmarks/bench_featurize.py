@@ -49,8 +49,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from anatomy.features import Featurize
-from anatomy.models.base import encode_pair, pad_batch
+from anatomy.features import Featurize, encode_responses
+from anatomy.models.base import pad_batch
 from anatomy.models.hooks import capture
 
 
@@ -66,11 +66,11 @@ def median_times(fns, repeats):
 
 
 def tokenize(tok, pairs, batch_size, max_length, by_length=True):
-    """Featurize's tokenization and padding: every response after its prompt (`encode_pair`), ordered
-    by length (or in pair order), 2 * batch_size sequences per padded batch (`pad_batch`).
+    """Featurize's tokenization and padding (`encode_responses`, then `pad_batch` per batch of
+    2 * batch_size sequences), in featurize's length order or in pair order.
     -> [(input_ids, mask, response mask)] per batch, and the order of the sequences."""
-    encoded = [encode_pair(tok, p.prompt, r, max_length) for p in pairs for r in (p.chosen, p.rejected)]
-    order = np.argsort([len(ids) for ids, _ in encoded], kind="stable") if by_length else np.arange(len(encoded))
+    encoded, order = encode_responses(tok, pairs, max_length)
+    order = order if by_length else np.arange(len(encoded))
     out = []
     for start in range(0, len(order), 2 * batch_size):
         input_ids, mask, response, _ = pad_batch(tok, [encoded[i] for i in order[start:start + 2 * batch_size]])
