@@ -31,6 +31,11 @@ def digest(key: object) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def texts_digest(texts: list[tuple[str, str]]) -> str:
+    """A stable hash of (prompt, response) texts: the corpus part of a model's or an SAE's key."""
+    return hashlib.sha256("\0".join(p + "\1" + r for p, r in texts).encode()).hexdigest()
+
+
 @contextmanager
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)

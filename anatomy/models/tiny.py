@@ -7,7 +7,6 @@ cache, then loaded back by path through the same code as any hub model (`hf.load
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from anatomy.cache import cached_dir
+from anatomy.cache import cached_dir, texts_digest
 from anatomy.errors import AnatomyError
 from anatomy.models.base import LoadedModel, ModelSpec, encode_pair
 from anatomy.models.hf import load_pretrained
@@ -51,7 +50,7 @@ class TinyModel:
 
     def load(self, texts: list[tuple[str, str]]) -> tuple[LoadedModel, bool]:
         """The cached model for these texts and this config, building it if needed. -> (model, cache hit)"""
-        corpus = hashlib.sha256("\0".join(p + "\1" + r for p, r in texts).encode()).hexdigest()
+        corpus = texts_digest(texts)
         folder, hit = cached_dir("model", {"tiny": asdict(self), "texts": corpus}, lambda d: self.build(texts, d))
         loaded = load_pretrained(str(folder))
         return LoadedModel(loaded.model, loaded.tokenizer, self.spec(), str(folder)), hit

@@ -7,7 +7,6 @@ Activations of every token of every (prompt, response) are read through the name
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from anatomy.cache import cached_dir
+from anatomy.cache import cached_dir, texts_digest
 from anatomy.errors import AnatomyError
 from anatomy.models.base import LoadedModel, ModelSpec, encode_batch
 from anatomy.models.hooks import canonical_hook_name, capture, parse_hook
@@ -52,7 +51,7 @@ class TrainSAE:
         parse_hook(self.hook, spec.n_layers)
 
     def load(self, model: LoadedModel, texts: list[tuple[str, str]], model_key: str) -> tuple[LoadedSAE, bool]:
-        corpus = hashlib.sha256("\0".join(p + "\1" + r for p, r in texts).encode()).hexdigest()
+        corpus = texts_digest(texts)
         key = {"sae": asdict(self), "model": model_key, "texts": corpus}
         folder, hit = cached_dir("sae", key, lambda d: self.build(model, texts, d))
         from sae_lens import SAE
