@@ -35,6 +35,8 @@ def main() -> None:
         if cfg.trainer._target_ != "anatomy.trainers.dpo.DPO":
             raise SystemExit(f"{run}: scores DPO runs only (implicit reward margins)")
         data = instantiate(cfg.data, _convert_="all")
+        if not isinstance(data, SyntheticData):
+            raise SystemExit(f"{run}: scores runs on synthetic data only (data={cfg.data._target_})")
         heldout = SyntheticData(n_pairs=data.n_pairs, heldout_fraction=data.heldout_fraction, seed=data.seed).load().heldout
         reference, _ = instantiate(cfg.model, _convert_="all").load(data.load().texts())
         policy = load_pretrained(str(run / "model"))
