@@ -112,11 +112,13 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
         has_base = any(k.startswith("eval/baseline/") for k in metrics)
         out.append("")
         out.append("what the model learned (shift of the log-prob margin with - without each concept), and held-out")
-        out.append("accuracy on the pairs where the concept does not differ (so it cannot be a shortcut there):")
-        out.append(f"{'concept':>16} {'trained':>9}" + (f" {'no intervention':>16} {'reduction':>9}" if has_base else "")
+        out.append("accuracy on the pairs where the concept does not differ (so it cannot be a shortcut there);")
+        out.append("onset: the part of the shift at the concept's first token (how much more likely it is started):")
+        out.append(f"{'concept':>16} {'trained':>9} {'onset':>7}" + (f" {'no intervention':>16} {'reduction':>9}" if has_base else "")
                    + f" {'acc same':>9}" + (f" {'(no interv.)':>12}" if has_base else ""))
         for c in shifts:
-            row = f"{c:>16} {metrics[f'eval/shift/{c}']:>+9.2f}"
+            onset = metrics.get(f"eval/shift_onset/{c}")
+            row = f"{c:>16} {metrics[f'eval/shift/{c}']:>+9.2f} {'' if onset is None else f'{onset:>+7.2f}':>7}"
             if has_base:
                 base, red = metrics.get(f"eval/baseline/shift/{c}"), metrics.get(f"eval/shift_reduction/{c}")
                 row += f" {'' if base is None else f'{base:>+16.2f}':>16} {'' if red is None else f'{red:>9.0%}':>9}"

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from anatomy.cache import cached_dir
 from anatomy.errors import AnatomyError
 from anatomy.eval import NoEval
+from anatomy.eval.evaluate import MEASURES
 from anatomy.interventions import NoIntervention
 from anatomy.interventions.plan import Plan
 from anatomy.evidence import promoted_tokens, snippets, top_tokens
@@ -232,6 +233,7 @@ def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], boo
         (folder / "metrics.json").write_text(json.dumps(measured, indent=1, sort_keys=True))
 
     texts = hashlib.sha256(repr((data.train, data.heldout, probes)).encode()).hexdigest()
-    key = {"trainer": asdict(stages.trainer), "model": model.path, "data": texts, "eval": asdict(stages.eval)}
+    key = {"trainer": asdict(stages.trainer), "model": model.path, "data": texts, "eval": asdict(stages.eval),
+           "measures": MEASURES}
     folder, hit = cached_dir("baseline", key, build)
     return json.loads((folder / "metrics.json").read_text()), hit

@@ -21,6 +21,10 @@
   response margin). That version is reported too, as `shift_complete/<concept>`. A reward model
   scores complete responses only (its reward is read at the end token). One pass gives both DPO
   measures: the continuation's log-prob is the complete one less the end token's.
+  DPO also reports `shift_onset/<concept>`: the part of `shift` at the first token where a probe's
+  two sides differ. For an appended concept it is how much more likely the model became to *start*
+  the concept right after the base; `shift` - `shift_onset` is the change in how it goes on once
+  started. An edit of the features that fire on a concept's own tokens acts after its onset.
 - Next to each shift, the audit's prediction for that concept (the mean signed effect of its
   significant hypotheses), and their correlation across concepts.
 """
@@ -37,9 +41,10 @@ import pandas as pd
 from anatomy.data.files import read_rows
 from anatomy.data.schema import PreferencePair, Probe
 from anatomy.errors import AnatomyError
-from anatomy.eval.scoring import score, score_with_stop
+from anatomy.eval.scoring import first_difference, response_logps, score, stop_logp
 
 log = logging.getLogger(__name__)
+MEASURES = 2  # bump when `Evaluate.measure` reports other numbers: cached baseline measurements are redone
 
 
 def load_probes(path: str) -> list[Probe]:
@@ -132,13 +137,10 @@ class Evaluate:
             return metrics
         pos = [(p.prompt, p.positive) for p in probes]
         neg = [(p.prompt, p.negative) for p in probes]
-        if kind == "dpo":  # continuations for the shift; the complete-response margin alongside (one pass)
-            parts = [score_with_stop(m, tok, texts, self.max_length, self.batch_size)
-                     for m in (trained.policy, trained.reference) for texts in (pos, neg)]
-            (pol_pos, pol_pos_stop), (pol_neg, pol_neg_stop), (ref_pos, ref_pos_stop), (ref_neg, ref_neg_stop) = parts
-            complete = (pol_pos - pol_neg) - (ref_pos - ref_neg)
-            stopping = (pol_pos_stop - pol_neg_stop) - (ref_pos_stop - ref_neg_stop)
-            measures = {"shift": complete - stopping, "shift_complete": complete}
+        if kind == "dpo":  # continuations for the shift; the complete response and the onset alongside (one pass)
+            scored = [response_logps(m, tok, texts, self.max_length, self.batch_size)
+                      for m in (trained.policy, trained.reference) for texts in (pos, neg)]
+            measures = dpo_shifts(*scored, eos_token_id=tok.eos_token_id)
         else:
             measures = {"shift": margins(trained.policy, pos, neg) - margins(trained.reference, pos, neg)}
         for name, values in measures.items():
@@ -160,11 +162,32 @@ class Evaluate:
         predicted = predictions(table, list(shifts))
         for concept, value in predicted.items():
             metrics[f"{prefix}/prediction/{concept}"] = value
-        common = [c for c in shifts if c in predicted]
+        common = sorted(c for c in shifts if c in predicted)  # one order, however the metrics were stored
         if len(common) >= 3:
             metrics[f"{prefix}/prediction_correlation"] = float(
                 np.corrcoef([predicted[c] for c in common], [shifts[c] for c in common])[0, 1])
         return metrics
+
+
+def dpo_shifts(pol_pos, pol_neg, ref_pos, ref_neg, eos_token_id: int) -> dict[str, np.ndarray]:
+    """Per probe, from `response_logps` rows of the policy and the reference on its positive and
+    negative sides: the change of the complete-response margin (`shift_complete`), of its
+    continuation part, without the end tokens (`shift`), and of the part of `shift` at the first
+    token where the two sides differ (`shift_onset`)."""
+    complete, stopping, onset = [], [], []
+    for (ids_p, pol_p), (ids_n, pol_n), (_, ref_p), (_, ref_n) in zip(pol_pos, pol_neg, ref_pos, ref_neg):
+        complete.append((pol_p.sum() - pol_n.sum()) - (ref_p.sum() - ref_n.sum()))
+        stopping.append((stop_logp(ids_p, pol_p, eos_token_id) - stop_logp(ids_n, pol_n, eos_token_id))
+                        - (stop_logp(ids_p, ref_p, eos_token_id) - stop_logp(ids_n, ref_n, eos_token_id)))
+        at, value = first_difference(ids_p, ids_n), 0.0
+        if at is not None:  # an end token there is stopping, not part of `shift`
+            if at < len(ids_p) and ids_p[at] != eos_token_id:
+                value += pol_p[at] - ref_p[at]
+            if at < len(ids_n) and ids_n[at] != eos_token_id:
+                value -= pol_n[at] - ref_n[at]
+        onset.append(value)
+    complete, stopping = np.array(complete), np.array(stopping)
+    return {"shift": complete - stopping, "shift_complete": complete, "shift_onset": np.array(onset)}
 
 
 def _same_concept(pairs: list[PreferencePair]) -> dict[str, np.ndarray]:

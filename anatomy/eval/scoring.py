@@ -3,9 +3,10 @@ reward (reward model). Batched, no grad; the same tokenization as the audit (`en
 
 With `eos` (the default) each response is ended by the end-of-sequence token, as TRL's DPO and
 reward trainers end every completion: it is scored as the complete answer the model was trained to
-prefer. `eos=False` scores it as a continuation of the prompt that may go on. `score_with_stop`
-gives both from one pass: the complete score and, of it, the end token's log-prob (how likely the
-model is to stop there), so the continuation's score is their difference.
+prefer. `eos=False` scores it as a continuation of the prompt that may go on. `response_logps`
+gives a causal LM's log-prob of each response token, end token included, from one pass: their sum
+is the complete score, the end token's is how likely the model is to stop there (so the
+continuation's score is their difference), and any single token can be read off (`first_difference`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from anatomy.models.base import encode_batch
 
 
 def _token_logps(model, tokenizer, texts, max_length: int, batch_size: int, eos: bool):
-    """Per batch: each response token's log-prob (0 elsewhere) and the input ids, aligned."""
+    """Per batch: each response token's log-prob (0 elsewhere), the input ids and the response mask,
+    aligned (position t scores token t + 1)."""
     device = next(model.parameters()).device
     for start in range(0, len(texts), batch_size):
         ids, mask, response, _ = encode_batch(tokenizer, texts[start:start + batch_size], max_length, eos)
         ids, mask, response = ids.to(device), mask.to(device), response.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        yield logps * response[:, 1:], ids[:, 1:], mask[:, 1:]
+        yield logps * response[:, 1:], ids[:, 1:], response[:, 1:]
 
 
 @torch.no_grad()
@@ -43,20 +45,28 @@ def score(model, tokenizer, texts: list[tuple[str, str]], kind: str, max_length:
 
 
 @torch.no_grad()
-def score_with_stop(model, tokenizer, texts: list[tuple[str, str]], max_length: int = 256,
-                    batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Causal LM, one pass: (complete-response log-probs, the end token's log-prob in each).
+def response_logps(model, tokenizer, texts: list[tuple[str, str]], max_length: int = 256,
+                   batch_size: int = 64) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Causal LM, one pass: per text, its response's token ids, ended by the end token, and each
+    token's log-prob. Over `max_length` the prompt is cut first (`encode_pair`), then the response
+    from the right, end token first."""
+    out = []
+    for logps, ids, response in _token_logps(model, tokenizer, texts, max_length, batch_size, eos=True):
+        for row_logps, row_ids, row_response in zip(logps.cpu(), ids.cpu(), response.cpu()):
+            out.append((row_ids[row_response].numpy(), row_logps[row_response].double().numpy()))
+    return out
 
-    `complete - stop` is the response scored as a continuation (`score(..., eos=False)`), except
-    where a text is longer than `max_length`: there the end token costs one more prompt token (and
-    where it is cut off itself, stop is 0)."""
-    complete, stop = [], []
-    for logps, ids, mask in _token_logps(model, tokenizer, texts, max_length, batch_size, eos=True):
-        last = mask.sum(dim=1) - 1  # the last real position of each row (right padding)
-        rows = torch.arange(len(ids), device=ids.device)
-        is_eos = ids[rows, last] == tokenizer.eos_token_id
-        complete.append(logps.sum(dim=1).cpu())
-        stop.append(torch.where(is_eos, logps[rows, last], torch.zeros_like(last, dtype=logps.dtype)).cpu())
-    if not complete:
-        return np.zeros(0), np.zeros(0)
-    return torch.cat(complete).numpy().astype(np.float64), torch.cat(stop).numpy().astype(np.float64)
+
+def stop_logp(ids: np.ndarray, logps: np.ndarray, eos_token_id: int) -> float:
+    """The end token's log-prob in a `response_logps` row (0 where the end token was cut off)."""
+    return float(logps[-1]) if len(ids) and ids[-1] == eos_token_id else 0.0
+
+
+def first_difference(a: np.ndarray, b: np.ndarray) -> int | None:
+    """The first position where two token id sequences differ (or where the shorter one ends), or
+    None where they are the same."""
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    if len(diff):
+        return int(diff[0])
+    return None if len(a) == len(b) else n

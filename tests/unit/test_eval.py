@@ -61,12 +61,12 @@ def test_prediction_without_ground_truth_matches_the_concept_name_in_top_tokens(
 # -- scoring: one pass gives the complete and the continuation score ----------------------------
 
 
-def test_score_with_stop_gives_complete_and_continuation_scores_in_one_pass():
+def test_response_logps_give_complete_and_continuation_scores_in_one_pass():
     import torch
     from tokenizers import ByteLevelBPETokenizer
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from anatomy.eval.scoring import score, score_with_stop
+    from anatomy.eval.scoring import response_logps, score, stop_logp
 
     texts = [("Question: which is a fruit?\nAnswer:", " the apple"), ("Q:", " a much longer answer, with more words in it"),
              ("", " no prompt at all"), ("Question: a long prompt " + "word " * 40, " cut")]
@@ -77,10 +77,47 @@ def test_score_with_stop_gives_complete_and_continuation_scores_in_one_pass():
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2)).eval()
-    complete, stop = score_with_stop(model, tok, texts[:3], batch_size=2)
+    rows = response_logps(model, tok, texts[:3], batch_size=2)
+    for (ids, _), (_, response) in zip(rows, texts[:2]):  # the response's own tokens, then the end token
+        assert list(ids) == tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert list(rows[2][0]) == tok(texts[2][1], add_special_tokens=False)["input_ids"][1:] + [tok.eos_token_id]  # no
+    # prompt and no BOS token: nothing predicts the first token
+    complete = np.array([logps.sum() for _, logps in rows])
+    stop = np.array([stop_logp(ids, logps, tok.eos_token_id) for ids, logps in rows])
     np.testing.assert_allclose(complete, score(model, tok, texts[:3], "dpo", batch_size=2), rtol=1e-5)
     np.testing.assert_allclose(complete - stop, score(model, tok, texts[:3], "dpo", batch_size=2, eos=False), rtol=1e-4)
     assert (stop < 0).all()  # the end token's own log-prob, not zero
     # A text cut to max_length: the end token is still scored (the prompt is cut from the left first).
-    _, cut_stop = score_with_stop(model, tok, texts[3:], max_length=12)
-    assert cut_stop[0] < 0
+    (ids, logps), = response_logps(model, tok, texts[3:], max_length=12)
+    assert stop_logp(ids, logps, tok.eos_token_id) < 0
+
+
+def test_first_difference():
+    from anatomy.eval.scoring import first_difference
+
+    assert first_difference(np.array([1, 2, 3]), np.array([1, 2, 4])) == 2
+    assert first_difference(np.array([1, 2, 3, 0]), np.array([1, 2, 0])) == 2  # appended: the end token differs
+    assert first_difference(np.array([1, 2]), np.array([1, 2, 3])) == 2
+    assert first_difference(np.array([1, 2]), np.array([1, 2])) is None
+
+
+def test_dpo_shifts_split_the_margin_into_onset_rest_and_stopping():
+    from anatomy.eval.evaluate import dpo_shifts
+
+    eos = 0
+    # An appended concept: positive = base (7) + concept (8, 9), negative = base; both end with eos.
+    pos_ids, neg_ids = np.array([7, 8, 9, eos]), np.array([7, eos])
+    ref_pos, ref_neg = np.array([-1.0, -3.0, -0.5, -0.2]), np.array([-1.0, -0.4])
+    pol_pos = ref_pos + np.array([0.1, 2.0, 0.3, -0.05])  # start the concept +2, go on +0.3, stop after it -0.05
+    pol_neg = ref_neg + np.array([0.1, -1.0])  # stop after the base: -1
+    out = dpo_shifts([(pos_ids, pol_pos)], [(neg_ids, pol_neg)], [(pos_ids, ref_pos)], [(neg_ids, ref_neg)], eos)
+    assert out["shift_complete"][0] == pytest.approx(2.0 + 0.3 - 0.05 + 1.0)
+    assert out["shift"][0] == pytest.approx(2.0 + 0.3)  # without the end tokens
+    assert out["shift_onset"][0] == pytest.approx(2.0)  # the first concept token only
+    # Two answers that differ at one token (correct vs wrong item): the onset is that token on both sides.
+    pos_ids, neg_ids = np.array([7, 5, eos]), np.array([7, 6, eos])
+    ref = np.array([-1.0, -2.0, -0.1])
+    out = dpo_shifts([(pos_ids, ref + [0, 0.5, 0])], [(neg_ids, ref + [0, -0.25, 0.2])], [(pos_ids, ref)], [(neg_ids, ref)], eos)
+    assert out["shift_onset"][0] == pytest.approx(0.75)
+    assert out["shift"][0] == pytest.approx(0.75)
+    assert out["shift_complete"][0] == pytest.approx(0.75 - 0.2)
