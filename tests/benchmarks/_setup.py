@@ -28,8 +28,9 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def default_study():
-    """The default study's data, tiny LM and SAE (from the bench cache; the first run builds them). -> (data, model, sae)"""
+def default_study(source=None):
+    """The default study's data (or `source`'s, e.g. an `HHRLHFData`), with its tiny LM and SAE
+    (from the bench cache; the first run builds them). -> (data, model, sae)"""
     import time
 
     from anatomy.data.synthetic import SyntheticData
@@ -38,7 +39,7 @@ def default_study():
 
     print(f"ANATOMY_CACHE={os.environ['ANATOMY_CACHE']} (data, tiny LM and SAE; the first run builds them, minutes)")
     t0 = time.perf_counter()
-    data = SyntheticData().load()
+    data = (source or SyntheticData()).load()
     texts = data.texts()
     model, model_hit = TinyModel().load(texts)
     sae, sae_hit = TrainSAE().load(model, texts, model.path)

@@ -1,6 +1,7 @@
 """Benchmark: `Featurize().run` throughput against a bare forward pass of the model on the same batches.
 
     python tests/benchmarks/bench_featurize.py [--pairs 800 --batch-size 32 --repeats 3 --threads 2]
+    python tests/benchmarks/bench_featurize.py --hh-rlhf ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz
 
 Builds the default study's pieces (SyntheticData(), TinyModel(), TrainSAE()), cached under
 $ANATOMY_CACHE (default $TMPDIR/anatomy-bench-cache): the first run trains them (several minutes),
@@ -9,30 +10,43 @@ prompt, --batch-size pairs per batch), it times: the whole `Featurize(batch_size
 full forward of the same padded batches (`model.model(input_ids=, attention_mask=)`, no hooks, no
 SAE, tokenized outside the timing); and featurize's steps replicated one by one (tokenize + pad,
 model up to the hook, SAE encode, pooling + sparse conversion, top-k tracking), each on the
-previous step's precomputed output. Medians of --repeats (all measurements take turns within each
-repeat); tokens/s count real, non-padding tokens.
+previous step's precomputed output. It also times the model up to the hook on the same sequences
+batched in pair order (what featurize did before it batched by length). Medians of --repeats (all
+measurements take turns within each repeat); tokens/s count real, non-padding tokens. With
+--hh-rlhf FILE the pairs are that HH-RLHF file's (a local copy; `HHRLHFData(path=FILE)`), with a
+tiny LM and SAE built on them the same way.
 
-Measured on 2 cores (AMD EPYC, no GPU), default arguments, idle machine:
+Measured on 2 cores (AMD EPYC, no GPU), default arguments:
 
-    machine     AMD EPYC, 2 cores, torch 2.13.0+cpu on 2 threads; load average 1.2 -> 1.4
+    machine     AMD EPYC, 2 cores, torch 2.13.0+cpu on 2 threads; load average 1.3 -> 1.7
     batches     800 pairs = 1600 sequences in 25 batches of 64 sequences; 83,510 tokens (60,680 response; 85,632 with padding, 125,312 in pair order)
     model, SAE  tiny LM 4 layers x d_model 128; SAE blocks.2.hook_resid_post, d_sae 512; median of 3 runs
-    featurize       1.83 s    45,621 tok/s total    33,149 tok/s response
-    bare forward    2.10 s    39,754 tok/s total
-    ratio         featurize / bare forward tokens/s = 1.15
+    featurize       1.95 s    42,736 tok/s total    31,053 tok/s response
+    bare forward    2.21 s    37,713 tok/s total
+    ratio         featurize / bare forward tokens/s = 1.13
     featurize, step by step (each timed on its own):
-      tokenize + pad      0.18 s   9.8%
-      model up to hook    1.52 s  83.2%
-      SAE encode          0.23 s  12.8%
-      pool + sparse       0.02 s   1.0%
-      top-k tracking      0.08 s   4.2%
-      rest (the loop)    -0.20 s -11.0%  (total minus steps; noisy)
+      tokenize + pad      0.18 s   9.4%
+      model up to hook    1.39 s  70.9%
+      SAE encode          0.25 s  12.8%
+      pool + sparse       0.02 s   0.9%
+      top-k tracking      0.09 s   4.6%
+      rest (the loop)     0.03 s   1.3%  (total minus steps; noisy)
+    batching by length: model up to hook 1.39 s, in pair order 2.40 s = 1.73x faster by length
+
+With --hh-rlhf ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz (the first 800 of its 1,846
+training pairs; many responses reach featurize's max_length of 256 tokens with their prompt):
+
+    batches     800 pairs = 1600 sequences in 25 batches of 64 sequences; 254,930 tokens (86,218 response; 262,144 with padding, 409,600 in pair order)
+    featurize       8.67 s    29,398 tok/s total     9,942 tok/s response
+    bare forward   11.85 s    21,517 tok/s total
+    ratio         featurize / bare forward tokens/s = 1.37
+      model up to hook    6.65 s  76.7%
+    batching by length: model up to hook 6.65 s, in pair order 13.10 s = 1.97x faster by length
 
 Featurize beats the bare forward because it stops at the hook (layer 2 of 0-3) and skips the LM
-head. Batching by length cuts the padded tokens from 125,312 (batches in pair order) to 85,632:
-against the previous featurize, which batched in pair order, the same 800 pairs take 1.73 s instead
-of 2.40 s (1.39x faster; median of 5 alternating runs, same machine). Real data, whose response
-lengths vary more, should gain more (not measured here).
+head. Against the previous featurize, which batched in pair order, the whole of it on the default
+study's 800 pairs took 1.73 s instead of 2.40 s (1.39x faster; median of 5 alternating runs, same
+machine, an A/B of the two versions of the code).
 """
 
 from __future__ import annotations
@@ -84,12 +98,18 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32, help="pairs per batch (two sequences each)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--hh-rlhf", metavar="FILE", help="featurize this HH-RLHF file's pairs instead of the synthetic ones")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message="index_reduce")  # featurize's max pooling: "in beta"
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    data, model, sae = default_study()
+    if args.hh_rlhf:
+        from anatomy.data.hh_rlhf import HHRLHFData
+
+        data, model, sae = default_study(HHRLHFData(path=args.hh_rlhf, max_pairs=100_000))
+    else:
+        data, model, sae = default_study()
 
     cfg = Featurize(batch_size=args.batch_size)
     pairs = data.train[: args.pairs]
@@ -109,6 +129,10 @@ def main():
     @torch.no_grad()
     def to_hook():
         return [capture(net, sae.hook, ids, mask) for ids, mask, _ in padded]
+
+    @torch.no_grad()
+    def to_hook_in_pair_order():
+        return [capture(net, sae.hook, ids, mask) for ids, mask, _ in in_pair_order]
 
     @torch.no_grad()
     def sae_encode():
@@ -148,8 +172,9 @@ def main():
         "SAE encode": sae_encode,
         "pool + sparse": pool,
         "top-k tracking": top_k,
+        "in pair order": to_hook_in_pair_order,
     }, args.repeats)
-    featurize_s, bare_s = t.pop("featurize"), t.pop("bare forward")
+    featurize_s, bare_s, pair_order_s = t.pop("featurize"), t.pop("bare forward"), t.pop("in pair order")
 
     load = (load_before, os.getloadavg()[0])
     rate = lambda n, sec: f"{n / sec:>9,.0f} tok/s"  # noqa: E731
@@ -168,6 +193,8 @@ def main():
         print(f"  {name:<17} {sec:6.2f} s {100 * sec / featurize_s:5.1f}%")
     rest = featurize_s - sum(t.values())
     print(f"  {'rest (the loop)':<17} {rest:6.2f} s {100 * rest / featurize_s:5.1f}%  (total minus steps; noisy)")
+    print(f"batching by length: model up to hook {t['model up to hook']:.2f} s, in pair order {pair_order_s:.2f} s "
+          f"= {pair_order_s / t['model up to hook']:.2f}x faster by length")
 
 if __name__ == "__main__":
     main()
