@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from anatomy.models.base import encode_batch
 
@@ -21,7 +22,7 @@ def _token_logps(model, tokenizer, texts, max_length: int, batch_size: int, eos:
     """Per batch: each response token's log-prob (0 elsewhere), the input ids and the response mask,
     aligned (position t scores token t + 1)."""
     device = next(model.parameters()).device
-    for start in range(0, len(texts), batch_size):
+    for start in tqdm(range(0, len(texts), batch_size), desc="Scoring", unit="batch", leave=False):
         ids, mask, response, _ = encode_batch(tokenizer, texts[start:start + batch_size], max_length, eos)
         ids, mask, response = ids.to(device), mask.to(device), response.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
@@ -36,7 +37,7 @@ def score(model, tokenizer, texts: list[tuple[str, str]], kind: str, max_length:
     if kind == "reward_model":
         out = []
         device = next(model.parameters()).device
-        for start in range(0, len(texts), batch_size):
+        for start in tqdm(range(0, len(texts), batch_size), desc="Scoring", unit="batch", leave=False):
             ids, mask, _, _ = encode_batch(tokenizer, texts[start:start + batch_size], max_length, eos)
             out.append(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.squeeze(-1).float().cpu())
         return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
