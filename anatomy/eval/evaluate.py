@@ -24,7 +24,7 @@
   DPO also reports `shift_onset/<concept>`: the part of `shift` at the first token where a probe's
   two sides differ. For an appended concept it is how much more likely the model became to *start*
   the concept right after the base; `shift` - `shift_onset` is the change in how it goes on once
-  started. An edit of the features that fire on a concept's own tokens acts after its onset.
+  started.
 - Next to each shift, the audit's prediction for that concept (the mean signed effect of its
   significant hypotheses), and their correlation across concepts.
 """
