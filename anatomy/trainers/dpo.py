@@ -4,23 +4,64 @@ TRL's DPO has no per-example weights, so `WeightedDPOTrainer` adds them: rows ca
 column, and the sigmoid loss per pair is multiplied by it before the batch mean (with unit weights
 this is TRL's own loss, computed through TRL's own log-prob path). Reference log-probs are
 precomputed from the reference model, a frozen copy of the starting model made before any hook
-exists, so interventions never touch the reference.
+exists, so interventions never touch the reference. `DPO.train` keeps them in the stage cache
+(`reference/`, keyed by the reference's weights, the tokenized pairs and what shapes the batches),
+so the arms of a sweep over interventions, whose pairs differ only in weight, and the baseline
+compute them once (TRL's own cache never hits for an in-memory dataset).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+import trl
 from trl import DPOConfig, DPOTrainer
 
+from anatomy.cache import cached_dir
 from anatomy.errors import AnatomyError
 from anatomy.trainers.common import Trained, WeightColumn, fit, frozen_copy, trl_args, weighted_rows
 
 
 class WeightedDPOTrainer(WeightColumn, DPOTrainer):
-    """DPOTrainer whose sigmoid loss weights each pair by the dataset's `weight` column."""
+    """DPOTrainer whose sigmoid loss weights each pair by the dataset's `weight` column; with
+    `cache_reference`, the training set's reference log-probs go through the stage cache."""
+
+    def __init__(self, *args, cache_reference: bool = False, **kwargs):
+        self.cache_reference = cache_reference
+        self.reference_cache_hit: bool | None = None  # set when the cache was consulted
+        super().__init__(*args, **kwargs)
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        if not self.cache_reference or name != "train":
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        compute = super()._precompute_ref_logps
+        args = self.args
+        key = {
+            "reference": self._precompute_model_hash, "pairs": token_ids_digest(dataset), "batch_size": batch_size,
+            "max_length": args.max_length, "truncation_mode": getattr(args, "truncation_mode", None),
+            "pad_to_multiple_of": getattr(args, "pad_to_multiple_of", None),
+            "padding_free": getattr(args, "padding_free", None), "ld_alpha": getattr(args, "ld_alpha", None),
+            "trl": trl.__version__, "torch": torch.__version__,
+        }
+        computed = {}
+
+        def build(folder):
+            computed["dataset"] = with_ref = compute(dataset, name, batch_size)
+            np.savez(folder / "reference.npz", **{c: np.asarray(with_ref[c], dtype=np.float32) for c in REF_COLUMNS})
+
+        folder, self.reference_cache_hit = cached_dir("reference", key, build)
+        if "dataset" in computed:
+            return computed["dataset"]
+        from datasets import Dataset, Features, Value, concatenate_datasets
+
+        saved = np.load(folder / "reference.npz")
+        columns = Dataset.from_dict({c: saved[c] for c in REF_COLUMNS},
+                                    features=Features({c: Value("float32") for c in REF_COLUMNS}))
+        return concatenate_datasets([dataset, columns], axis=1)
 
     def compute_ref_log_probs(self, model, inputs):
         return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != "weight"})
@@ -45,6 +86,21 @@ class WeightedDPOTrainer(WeightColumn, DPOTrainer):
         self._metrics[mode]["rewards/accuracies"].append((margin > 0).float().mean().item())
         self._metrics[mode]["rewards/margins"].append((self.beta * margin).mean().item())
         return (loss, outputs) if return_outputs else loss
+
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def token_ids_digest(dataset) -> str:
+    """A hash of a tokenized DPO dataset's token ids (prompt, chosen, rejected; not the weights)."""
+    h = hashlib.sha256()
+    columns = ["prompt_ids", "chosen_ids", "rejected_ids"]
+    for batch in dataset.select_columns(columns).with_format("arrow").iter(batch_size=10_000):
+        for column in columns:
+            for chunk in batch[column].chunks:
+                h.update(np.asarray(chunk.value_lengths()).tobytes())
+                h.update(np.asarray(chunk.flatten()).tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -72,7 +128,15 @@ class DPO:
         for p in policy.parameters():
             p.requires_grad_(True)
         dataset = Dataset.from_list(weighted_rows(pairs, plan.weights))
-        report = fit(policy, plan, len(dataset), lambda tmp: WeightedDPOTrainer(
-            model=policy, ref_model=reference, train_dataset=dataset, processing_class=model.tokenizer,
-            args=trl_args(DPOConfig, tmp, self, beta=self.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"])))
+        built = []
+
+        def trainer(tmp):
+            built.append(WeightedDPOTrainer(
+                model=policy, ref_model=reference, train_dataset=dataset, processing_class=model.tokenizer,
+                cache_reference=True, args=trl_args(DPOConfig, tmp, self, beta=self.beta,
+                                                    precompute_ref_log_probs=True, loss_type=["sigmoid"])))
+            return built[0]
+
+        report = fit(policy, plan, len(dataset), trainer)
+        report["cache/reference"] = float(bool(built[0].reference_cache_hit))
         return Trained("dpo", policy, reference, model.tokenizer, report)

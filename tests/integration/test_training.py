@@ -135,6 +135,32 @@ def test_weighted_dpo_loss_is_trls_loss_with_unit_weights(study, tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
 
 
+def test_reference_logps_are_cached_across_weights_and_train_exactly_as_computed(study, tmp_path, monkeypatch):
+    """DPO's reference log-probs come from the stage cache when only the pair weights changed, and
+    a run on cached ones trains exactly as a run that computes them."""
+    from anatomy.trainers.dpo import DPO
+
+    data, model = study
+    pairs = data.train[:32]
+    dpo = DPO(max_steps=2, batch_size=8)
+    weights = np.linspace(0.5, 1.5, len(pairs))
+    monkeypatch.setenv("ANATOMY_CACHE", str(tmp_path / "cache"))  # an empty cache: the first cached run misses
+    monkeypatch.setenv("ANATOMY_NO_CACHE", "1")
+    computed = dpo.train(model, pairs, Plan())
+    monkeypatch.delenv("ANATOMY_NO_CACHE")
+    other_weights = dpo.train(model, pairs, Plan(weights=weights))
+    cached = dpo.train(model, pairs, Plan())
+    assert (computed.report["cache/reference"], other_weights.report["cache/reference"]) == (0.0, 0.0)
+    assert cached.report["cache/reference"] == 1.0  # the weights are not part of the key
+    assert cached.report["train/loss"] == computed.report["train/loss"]
+    assert other_weights.report["train/loss"] != computed.report["train/loss"]
+    for a, b in zip(cached.policy.parameters(), computed.policy.parameters()):
+        assert torch.equal(a, b)
+    assert len(list((tmp_path / "cache" / "reference").glob("*/reference.npz"))) == 1
+    dpo_other_pairs = dpo.train(model, data.train[32:64], Plan())
+    assert dpo_other_pairs.report["cache/reference"] == 0.0  # other pairs, another entry
+
+
 # -- hooks never outlive training --------------------------------------------------------------
 
 
