@@ -36,7 +36,9 @@ class WeightedDPOTrainer(WeightColumn, DPOTrainer):
         super().__init__(*args, **kwargs)
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
-        if not self.cache_reference or name != "train":
+        cacheable = (self.cache_reference and name == "train" and getattr(self, "_precompute_model_hash", None)
+                     and set(ID_COLUMNS) <= set(dataset.column_names))  # (a TRL that names these otherwise: no cache)
+        if not cacheable:
             return super()._precompute_ref_logps(dataset, name, batch_size)
         compute = super()._precompute_ref_logps
         args = self.args
@@ -89,14 +91,14 @@ class WeightedDPOTrainer(WeightColumn, DPOTrainer):
 
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
 def token_ids_digest(dataset) -> str:
     """A hash of a tokenized DPO dataset's token ids (prompt, chosen, rejected; not the weights)."""
     h = hashlib.sha256()
-    columns = ["prompt_ids", "chosen_ids", "rejected_ids"]
-    for batch in dataset.select_columns(columns).with_format("arrow").iter(batch_size=10_000):
-        for column in columns:
+    for batch in dataset.select_columns(list(ID_COLUMNS)).with_format("arrow").iter(batch_size=10_000):
+        for column in ID_COLUMNS:
             for chunk in batch[column].chunks:
                 h.update(np.asarray(chunk.value_lengths()).tobytes())
                 h.update(np.asarray(chunk.flatten()).tobytes())
