@@ -96,8 +96,11 @@ def fit(policy: torch.nn.Module, plan, n_rows: int, make_trainer) -> dict[str, f
         with hooks(policy, plan.edits):
             result = trainer.train()
     policy.eval()
-    return {"train/loss": float(result.training_loss), "train/pairs": float(kept),
-            "train/pairs_too_long": float(n_rows - kept), "train/steps": float(result.global_step)}
+    report = {"train/loss": float(result.training_loss), "train/pairs": float(kept),
+              "train/pairs_too_long": float(n_rows - kept), "train/steps": float(result.global_step)}
+    if getattr(trainer, "reference_cache_hit", None) is not None:  # DPO's reference log-probs, from the cache
+        report["cache/reference"] = float(trainer.reference_cache_hit)
+    return report
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

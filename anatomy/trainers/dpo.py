@@ -130,15 +130,8 @@ class DPO:
         for p in policy.parameters():
             p.requires_grad_(True)
         dataset = Dataset.from_list(weighted_rows(pairs, plan.weights))
-        built = []
-
-        def trainer(tmp):
-            built.append(WeightedDPOTrainer(
-                model=policy, ref_model=reference, train_dataset=dataset, processing_class=model.tokenizer,
-                cache_reference=True, args=trl_args(DPOConfig, tmp, self, beta=self.beta,
-                                                    precompute_ref_log_probs=True, loss_type=["sigmoid"])))
-            return built[0]
-
-        report = fit(policy, plan, len(dataset), trainer)
-        report["cache/reference"] = float(bool(built[0].reference_cache_hit))
+        report = fit(policy, plan, len(dataset), lambda tmp: WeightedDPOTrainer(
+            model=policy, ref_model=reference, train_dataset=dataset, processing_class=model.tokenizer,
+            cache_reference=True,
+            args=trl_args(DPOConfig, tmp, self, beta=self.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"])))
         return Trained("dpo", policy, reference, model.tokenizer, report)
