@@ -127,12 +127,8 @@ def main():
 
     # featurize's steps one at a time, each on the previous step's (precomputed) outputs
     @torch.no_grad()
-    def to_hook():
-        return [capture(net, sae.hook, ids, mask) for ids, mask, _ in padded]
-
-    @torch.no_grad()
-    def to_hook_in_pair_order():
-        return [capture(net, sae.hook, ids, mask) for ids, mask, _ in in_pair_order]
+    def to_hook(batches=padded):
+        return [capture(net, sae.hook, ids, mask) for ids, mask, _ in batches]
 
     @torch.no_grad()
     def sae_encode():
@@ -172,7 +168,7 @@ def main():
         "SAE encode": sae_encode,
         "pool + sparse": pool,
         "top-k tracking": top_k,
-        "in pair order": to_hook_in_pair_order,
+        "in pair order": lambda: to_hook(in_pair_order),
     }, args.repeats)
     featurize_s, bare_s, pair_order_s = t.pop("featurize"), t.pop("bare forward"), t.pop("in pair order")
 
