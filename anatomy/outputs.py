@@ -113,9 +113,13 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
         out.append("")
         out.append("what the model learned (shift of the log-prob margin with - without each concept), and held-out")
         out.append("accuracy on the pairs where the concept does not differ (so it cannot be a shortcut there);")
-        out.append("onset: the part of the shift at the concept's first token (how much more likely it is started):")
+        out.append("onset: the part of the shift at the concept's first token (how much more likely it is started)")
+        planted = any(k.startswith("intervention/planted_chosen_share/") for k in metrics)
+        if planted:
+            out.append("in chosen: of the training pairs where the planted concept is on one side only, the share")
+            out.append("where it is chosen, in the data -> as trained on (under the intervention's weights):")
         out.append(f"{'concept':>16} {'trained':>9} {'onset':>7}" + (f" {'no intervention':>16} {'reduction':>9}" if has_base else "")
-                   + f" {'acc same':>9}" + (f" {'(no interv.)':>12}" if has_base else ""))
+                   + f" {'acc same':>9}" + (f" {'(no interv.)':>12}" if has_base else "") + (f" {'in chosen':>11}" if planted else ""))
         for c in shifts:
             onset = metrics.get(f"eval/shift_onset/{c}")
             row = f"{c:>16} {metrics[f'eval/shift/{c}']:>+9.2f} {'' if onset is None else f'{onset:>+7.2f}':>7}"
@@ -125,8 +129,12 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
             same = metrics.get(f"eval/heldout_accuracy_same/{c}")
             row += f" {'' if same is None else f'{same:>9.3f}':>9}"
             base_same = metrics.get(f"eval/baseline/heldout_accuracy_same/{c}")
-            if has_base and base_same is not None:
-                row += f" {base_same:>12.3f}"
+            if has_base:
+                row += f" {'' if base_same is None else f'{base_same:>12.3f}':>12}"
+            before, after = metrics.get(f"data/planted_chosen_share/{c}"), metrics.get(f"intervention/planted_chosen_share/{c}")
+            if planted and before is not None:
+                kept = "n/a" if after is None or math.isnan(after) else f"{after:.2f}"  # none of those pairs kept
+                row += f" {f'{before:.2f}->{kept}':>11}"
             out.append(row)
         acc = f"held-out accuracy {metrics['eval/heldout_accuracy']:.3f} (before training {metrics['eval/heldout_accuracy_before']:.3f}"
         if "eval/baseline/heldout_accuracy" in metrics:

@@ -24,7 +24,7 @@ from anatomy.errors import AnatomyError
 from anatomy.eval import NoEval
 from anatomy.eval.evaluate import MEASURES
 from anatomy.interventions import NoIntervention
-from anatomy.interventions.plan import Plan
+from anatomy.interventions.plan import Plan, planted_balance
 from anatomy.evidence import promoted_tokens, snippets, top_tokens
 from anatomy.hypotheses.ground_truth import name_concept, score
 from anatomy.outputs import write_metrics, write_outputs
@@ -198,6 +198,7 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, ou
     with timer("intervention"):
         plan = stages.intervention.plan(selection, feats, sae)
     metrics.update(plan.report)
+    metrics.update(planted_balance(data.train, plan.weights))  # synthetic data: the plan against the truth
     with timer("train"):
         trained = stages.trainer.train(model, data.train, plan)
     metrics.update(trained.report)

@@ -81,3 +81,28 @@ def weight_report(prefix: str, weights: np.ndarray) -> dict[str, float]:
         f"{prefix}/effective_sample_size": ess,
         f"{prefix}/effective_sample_fraction": ess / len(weights) if len(weights) else 0.0,
     }
+
+
+def planted_balance(pairs, weights: np.ndarray | None) -> dict[str, float]:
+    """On data that record their concepts (synthetic): per planted concept, how it leans in the
+    training data before and under the plan's weights. Among the pairs where the concept is on one
+    side only, `data/planted_chosen_share/<c>` is the share where that side is chosen (0.5: the
+    concept says nothing about the preference; 1: only chosen responses carry it), over
+    `data/planted_n_differ/<c>` pairs; `intervention/planted_chosen_share/<c>` is the weighted share
+    (dropped pairs weigh 0) and `intervention/planted_differ_weight/<c>` those pairs' total weight
+    (weights have mean 1 over the kept pairs). Empty when no pair records a concept."""
+    names = sorted({c for p in pairs for c in (*p.concepts_chosen, *p.concepts_rejected)})
+    w = np.ones(len(pairs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    out: dict[str, float] = {}
+    for name in names:
+        in_chosen = np.array([name in p.concepts_chosen for p in pairs])
+        in_rejected = np.array([name in p.concepts_rejected for p in pairs])
+        differ = in_chosen != in_rejected
+        if not differ.any():
+            continue
+        mass = float(w[differ].sum())
+        out[f"data/planted_chosen_share/{name}"] = float(in_chosen[differ].mean())
+        out[f"data/planted_n_differ/{name}"] = float(differ.sum())
+        out[f"intervention/planted_chosen_share/{name}"] = float(w[differ & in_chosen].sum() / mass) if mass > 0 else float("nan")
+        out[f"intervention/planted_differ_weight/{name}"] = mass
+    return out

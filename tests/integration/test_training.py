@@ -314,6 +314,26 @@ def test_each_intervention_cuts_the_learned_markdown_shift(intervened, reweighte
     assert metrics["eval/shift/markdown"] < (1 - CUT[name]) * base, (name, metrics["eval/shift/markdown"], base)
 
 
+def test_what_each_intervention_trains_on_against_the_planted_truth(intervened):
+    # Checked against the ground truth, which the interventions never see (they weigh SAE features).
+    # Among the pairs where markdown is on one side only, the share where it is chosen: 0.86 in the
+    # data (183 pairs); 0.51 under reweighting's weights, with sycophancy (not blocked) nearly where
+    # it was (0.91 -> 0.93); filtering keeps none of the 183 pairs. The feature interventions train
+    # on the data as it is.
+    name, metrics = intervened
+    before, n_differ = metrics["data/planted_chosen_share/markdown"], metrics["data/planted_n_differ/markdown"]
+    share, weight = metrics["intervention/planted_chosen_share/markdown"], metrics["intervention/planted_differ_weight/markdown"]
+    assert before > 0.75
+    if name == "data_reweighting":
+        assert abs(share - 0.5) < 0.1, share
+        assert metrics["intervention/planted_chosen_share/sycophancy"] == pytest.approx(
+            metrics["data/planted_chosen_share/sycophancy"], abs=0.05)
+    elif name == "data_filtering":
+        assert weight < 0.1 * n_differ, (weight, n_differ)
+    else:
+        assert share == before and weight == n_differ
+
+
 def test_each_intervention_keeps_heldout_accuracy_where_markdown_is_no_shortcut(intervened, reweighted):
     # ablation 0.774, steering 0.825, filtering 0.818, reweighting 0.825, against the baseline's 0.737
     name, metrics = intervened

@@ -121,3 +121,28 @@ def test_dpo_shifts_split_the_margin_into_onset_rest_and_stopping():
     assert out["shift_onset"][0] == pytest.approx(0.75)
     assert out["shift"][0] == pytest.approx(0.75)
     assert out["shift_complete"][0] == pytest.approx(0.75 - 0.2)
+
+
+# -- the run summary ------------------------------------------------------------------------------
+
+
+def test_the_summary_shows_each_concept_learned_and_how_the_intervention_balanced_it(tmp_path):
+    from anatomy.outputs import summary
+
+    path = tmp_path / "hypotheses.csv"
+    pd.DataFrame({"feature": [3], "direction": ["chosen"], "effect": [0.5], "q_value": [1e-9],
+                  "significant": [True], "top_tokens": ["**|##"]}).to_csv(path, index=False)
+    metrics = {"audit/n_pairs": 10.0, "audit/n_tested": 5.0, "audit/n_significant": 1.0,
+               "eval/heldout_accuracy": 0.8, "eval/heldout_accuracy_before": 0.5, "eval/baseline/heldout_accuracy": 0.9,
+               "timing/train_s": 3.0}
+    for concept, shift, base, share in [("markdown", -1.5, 1.5, 0.48), ("hedging", -3.0, -4.0, float("nan"))]:
+        metrics |= {f"eval/shift/{concept}": shift, f"eval/shift_onset/{concept}": shift / 2,
+                    f"eval/baseline/shift/{concept}": base, f"eval/shift_reduction/{concept}": 1 - shift / base,
+                    f"data/planted_chosen_share/{concept}": 0.88, f"intervention/planted_chosen_share/{concept}": share}
+    metrics["eval/heldout_accuracy_same/markdown"] = 0.85  # hedging's is missing: its row stays aligned
+    text = summary(metrics, path)
+    rows = {line.split()[0]: line for line in text.splitlines() if line.strip().startswith(("markdown", "hedging"))}
+    assert rows["markdown"].split() == ["markdown", "-1.50", "-0.75", "+1.50", "200%", "0.850", "0.88->0.48"]
+    assert rows["hedging"].endswith("0.88->n/a")  # the intervention kept none of the pairs where it differs
+    assert len(rows["hedging"]) == len(rows["markdown"])
+    assert "held-out accuracy 0.800 (before training 0.500; without intervention 0.900)" in text

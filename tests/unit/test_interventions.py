@@ -16,12 +16,13 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from anatomy.data.schema import PreferencePair
 from anatomy.errors import AnatomyError
 from anatomy.features import Features
 from anatomy.interventions import NoIntervention
 from anatomy.interventions.ablation import FeatureAblation
 from anatomy.interventions.filtering import DataFiltering
-from anatomy.interventions.plan import concept_difference, weight_report
+from anatomy.interventions.plan import concept_difference, planted_balance, weight_report
 from anatomy.interventions.reweighting import DataReweighting, balance
 from anatomy.interventions.steering import FeatureSteering
 from anatomy.models.hooks import hooks
@@ -423,6 +424,26 @@ def test_weight_report_counts_only_kept_pairs():
     assert r["x/weight_min"] == 1.0 and r["x/weight_max"] == 2.0
     assert r["x/effective_sample_size"] == pytest.approx(16 / 6)
     assert r["x/effective_sample_fraction"] == pytest.approx(16 / 6 / 5)
+
+
+def test_planted_balance_is_the_weighted_share_of_chosen_among_pairs_where_the_concept_differs():
+    def pair(chosen, rejected):
+        return PreferencePair("q", "a", "b", tuple(chosen), tuple(rejected))
+
+    pairs = [pair(["md"], []), pair(["md"], []), pair(["md"], []), pair([], ["md"]),
+             pair(["md"], ["md"]), pair([], []), pair(["syc"], ["syc"])]
+    r = planted_balance(pairs, None)
+    assert r["data/planted_chosen_share/md"] == 0.75 and r["data/planted_n_differ/md"] == 4
+    assert r["intervention/planted_chosen_share/md"] == 0.75 and r["intervention/planted_differ_weight/md"] == 4
+    assert not any(k.endswith("/syc") for k in r)  # never on one side only: nothing to say
+    # the one rejected-side pair weighs as much as the three chosen-side ones; the both-sides pair
+    # and the dropped one do not count
+    r = planted_balance(pairs, np.array([1.0, 1.0, 0.0, 2.0, 5.0, 1.0, 1.0]))
+    assert r["data/planted_chosen_share/md"] == 0.75
+    assert r["intervention/planted_chosen_share/md"] == 0.5 and r["intervention/planted_differ_weight/md"] == 4.0
+    r = planted_balance(pairs, np.array([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]))
+    assert np.isnan(r["intervention/planted_chosen_share/md"]) and r["intervention/planted_differ_weight/md"] == 0
+    assert planted_balance([PreferencePair("q", "a", "b")], None) == {}  # data without ground truth
 
 
 def test_no_intervention_plan_changes_nothing():
