@@ -36,6 +36,14 @@ def texts_digest(texts: list[tuple[str, str]]) -> str:
     return hashlib.sha256("\0".join(p + "\1" + r for p, r in texts).encode()).hexdigest()
 
 
+def code_digest(*modules) -> str:
+    """A stable hash of modules' source: in the key of an entry whose content those modules compute
+    (the baseline's measured numbers), so an entry computed by other code is never served."""
+    import inspect
+
+    return hashlib.sha256("\0".join(inspect.getsource(m) for m in modules).encode()).hexdigest()[:20]
+
+
 @contextmanager
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from anatomy.cache import cached_dir
+from anatomy.cache import cached_dir, code_digest
 from anatomy.errors import AnatomyError
 from anatomy.eval import NoEval
-from anatomy.eval.evaluate import MEASURES
 from anatomy.interventions import NoIntervention
 from anatomy.interventions.plan import Plan, planted_balance
 from anatomy.evidence import promoted_tokens, snippets, top_tokens
@@ -223,10 +222,16 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, ou
 
 def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], bool]:
     """The same training without intervention, measured, through the stage cache (keyed by the
-    trainer, the model, the pairs and probes, and the eval config): a sweep over interventions or
-    selections trains it once. -> (eval/baseline/* metrics, cache hit)"""
+    trainer, the model, the pairs and probes, the eval config, and the source of the code that trains
+    and measures it, so a cached baseline measured by older code is redone): a sweep over
+    interventions or selections trains it once. -> (eval/baseline/* metrics, cache hit)"""
     import hashlib
     import json
+
+    from anatomy import trainers
+    from anatomy.eval import evaluate, scoring
+    from anatomy.models import base
+    from anatomy.trainers import common, dpo, reward
 
     def build(folder: Path) -> None:
         baseline = stages.trainer.train(model, data.train, Plan())
@@ -235,6 +240,6 @@ def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], boo
 
     texts = hashlib.sha256(repr((data.train, data.heldout, probes)).encode()).hexdigest()
     key = {"trainer": asdict(stages.trainer), "model": model.path, "data": texts, "eval": asdict(stages.eval),
-           "measures": MEASURES}
+           "code": code_digest(trainers, common, dpo, reward, evaluate, scoring, base)}  # what trains and measures it
     folder, hit = cached_dir("baseline", key, build)
     return json.loads((folder / "metrics.json").read_text()), hit

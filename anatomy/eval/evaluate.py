@@ -44,7 +44,6 @@ from anatomy.errors import AnatomyError
 from anatomy.eval.scoring import first_difference, response_logps, score, stop_logp
 
 log = logging.getLogger(__name__)
-MEASURES = 2  # bump when `Evaluate.measure` reports other numbers: cached baseline measurements are redone
 
 
 def load_probes(path: str) -> list[Probe]:
