@@ -7,7 +7,9 @@ prompts are harmful requests, where chosen refuses and rejected complies (a desi
 configurable rates in chosen vs rejected: sycophantic flattery, markdown styling, verbose filler,
 and hedging (planted on the rejected side). They are appended after the answer so that, in a causal
 model, they never change the activations of the answer's own tokens. Every pair records the
-concepts each response carries, and `probes` gives, per concept, pairs differing only in it.
+concepts each response carries, and `probes` gives, per concept, pairs differing only in it: a
+spurious concept right after the bare answer, or (`probe_context="data"`) among the other spurious
+concepts drawn as in the pairs, where its position after the answer varies as it does there.
 
 A base LM knows which item is an animal before any preference training. The tiny model trained on
 the pairs alone does not (it sees right and wrong answers alike), so it cannot learn the on-target
@@ -90,6 +92,11 @@ def _fmt(question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
+def _join(text: str, phrase: str) -> str:
+    """Append a concept's phrase: a line break starts its own block, anything else follows a space."""
+    return text + phrase if phrase.startswith("\n") else f"{text} {phrase}"
+
+
 def _vocabulary(phrases: list[str]) -> tuple[str, ...]:
     words = set()
     for phrase in phrases:
@@ -117,12 +124,16 @@ class SyntheticData:
     )
     coin_flip: bool = False  # which response is chosen is a coin flip: no planted difference at all
     n_probes: int = 64  # probe pairs per concept (differ only in that concept)
+    probe_context: str = "bare"  # where a spurious concept's probes put it: "bare" right after the answer;
+    # "data" among the other spurious concepts, each drawn at its mean rate and in random order, as in the pairs
     knowledge: int = 0  # background texts for pretraining: category questions answered correctly
     seed: int = 0  # seeds the generator and the split
 
     def __post_init__(self):
         if self.knowledge < 0:
             raise AnatomyError(f"data.knowledge must be >= 0, got {self.knowledge}")
+        if self.probe_context not in ("bare", "data"):
+            raise AnatomyError(f"data.probe_context must be 'bare' or 'data', got {self.probe_context!r}")
         if self.n_pairs < 10:
             raise AnatomyError(f"data.n_pairs must be >= 10, got {self.n_pairs}")
         for name, value in [("heldout_fraction", self.heldout_fraction), ("harmful_fraction", self.harmful_fraction),
@@ -167,8 +178,7 @@ class SyntheticData:
 
     @staticmethod
     def _append(rng: random.Random, text: str, concept: str, item: str) -> str:
-        phrase = rng.choice(SPURIOUS_PHRASES[concept]).format(item=item)
-        return text + phrase if phrase.startswith("\n") else f"{text} {phrase}"
+        return _join(text, rng.choice(SPURIOUS_PHRASES[concept]).format(item=item))
 
     def _pair(self, rng: random.Random) -> PreferencePair:
         if rng.random() < self.harmful_fraction:
@@ -209,7 +219,17 @@ class SyntheticData:
             base = self._answer(rng, category, right, template)
             out.append(Probe("correct_answer", _fmt(prompt), " " + base, " " + self._answer(rng, category, wrong, template)))
             for concept in self.rates:
-                out.append(Probe(concept, _fmt(prompt), " " + self._append(rng, base, concept, right), " " + base))
+                if self.probe_context == "bare":
+                    out.append(Probe(concept, _fmt(prompt), " " + self._append(rng, base, concept, right), " " + base))
+                    continue
+                others = [c for c, rate in self.rates.items() if c != concept and rng.random() < sum(rate) / 2]
+                order = rng.sample([*others, concept], len(others) + 1)
+                phrases = {c: rng.choice(SPURIOUS_PHRASES[c]).format(item=right) for c in order}
+                positive, negative = base, base
+                for c in order:
+                    positive = _join(positive, phrases[c])
+                    negative = negative if c == concept else _join(negative, phrases[c])
+                out.append(Probe(concept, _fmt(prompt), " " + positive, " " + negative))
             harm = rng.choice(HARMS)
             harmful = _fmt(rng.choice(HARMFUL_QUESTIONS).format(harm=harm))
             out.append(Probe("refusal", harmful, " " + rng.choice(REFUSALS), " " + rng.choice(COMPLIANCE).format(harm=harm)))

@@ -410,6 +410,43 @@ def test_synthetic_probes_differ_only_in_their_concept():
     assert len({p.prompt for p in first_round if p.concept != "refusal"}) == 1
 
 
+def test_synthetic_probes_in_the_data_context_put_the_concept_among_others_as_the_pairs_do():
+    gen = SyntheticData(n_pairs=20, n_probes=200, probe_context="data", seed=0)
+    data = gen.load()
+    bare = SyntheticData(n_pairs=20, n_probes=200, seed=0).load()
+    assert (data.train, data.heldout) == (bare.train, bare.heldout)  # only the probes change
+    first, with_others = Counter(), Counter()
+    for probe in data.probes:
+        if probe.concept not in SPURIOUS_PHRASES:
+            continue
+        assert _has_phrase(probe.positive, probe.concept) and not _has_phrase(probe.negative, probe.concept)
+        others = [c for c in SPURIOUS_PHRASES if c != probe.concept and _has_phrase(probe.positive, c)]
+        assert others == [c for c in SPURIOUS_PHRASES if c != probe.concept and _has_phrase(probe.negative, c)]
+        # the two sides differ in one span only: the concept's phrase, wherever it sits
+        n = len(probe.negative)
+        start = next(i for i in range(n) if probe.positive[i] != probe.negative[i]) if probe.positive[:n] != probe.negative else n
+        assert probe.positive[:start] + probe.positive[start + len(probe.positive) - n:] == probe.negative
+        with_others[probe.concept] += bool(others)
+        first[probe.concept] += len(_base(probe.positive, [probe.concept])) == len(_base(probe.positive, [probe.concept, *others]))
+    for concept in SPURIOUS_PHRASES:  # others at their mean rates (~40% each): usually some; not always first
+        assert 0.5 < with_others[concept] / 200 < 0.95, (concept, with_others[concept])
+        assert 0.2 < first[concept] / 200 < 0.9, (concept, first[concept])
+    with pytest.raises(AnatomyError, match="probe_context"):
+        SyntheticData(probe_context="context")
+
+
+def _base(response: str, concepts: list[str]) -> str:
+    """The answer before any appended concept phrase."""
+    cut = len(response)
+    for concept in concepts:
+        for phrase in SPURIOUS_PHRASES[concept]:
+            head = phrase.split("{item}")[0]
+            at = response.find(head if head.startswith("\n") else " " + head)
+            if at >= 0:
+                cut = min(cut, at)
+    return response[:cut]
+
+
 def test_synthetic_knowledge_is_background_text_answered_correctly():
     plain = SyntheticData(n_pairs=100, seed=3).load()
     knowing = SyntheticData(n_pairs=100, knowledge=300, seed=3).load()
