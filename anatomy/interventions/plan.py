@@ -52,6 +52,36 @@ def concept_difference(features: Features, feature_ids: list[int], directions: d
     return (diff / scale * sign).mean(axis=1)
 
 
+def concept_presence(features: Features, feature_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair, how strongly the selected concept is present in chosen and in rejected: the mean
+    over its features of the pooled activation divided by that feature's standard deviation over
+    all responses. -> (chosen scores, rejected scores)"""
+    n = features.chosen.shape[0]
+    if not feature_ids:
+        return np.zeros(n), np.zeros(n)
+    cols = np.asarray(feature_ids)
+    both = np.vstack([features.chosen[:, cols].toarray(), features.rejected[:, cols].toarray()]).astype(np.float64)
+    scale = both.std(axis=0)
+    scale[scale == 0] = 1.0
+    score = (both / scale).mean(axis=1)
+    return score[:n], score[n:]
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """The cut splitting `values` into two groups with the largest between-group variance (Otsu's
+    method): the boundary between "absent" and "present" when the scores are bimodal."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    if len(v) < 2 or v[0] == v[-1]:
+        raise AnatomyError("cannot split the concept's presence scores in two: they are all equal")
+    k = np.arange(1, len(v))  # cut after the k smallest values
+    csum = np.cumsum(v)
+    low, high = csum[:-1] / k, (csum[-1] - csum[:-1]) / (len(v) - k)
+    between = k * (len(v) - k) * (low - high) ** 2
+    between[v[1:] == v[:-1]] = -1.0  # a cut must fall between distinct values
+    best = int(np.argmax(between))
+    return float((v[best] + v[best + 1]) / 2)
+
+
 def mixed_direction(feature_ids: list[int], signs: list[float], features: Features, w_dec: torch.Tensor
                     ) -> tuple[torch.Tensor, float]:
     """One direction for several features: unit(sum_f s_f * a_f * u_f), where u_f is feature f's unit

@@ -22,7 +22,7 @@ from anatomy.features import Features
 from anatomy.interventions import NoIntervention
 from anatomy.interventions.ablation import FeatureAblation
 from anatomy.interventions.filtering import DataFiltering
-from anatomy.interventions.plan import concept_difference, planted_balance, weight_report
+from anatomy.interventions.plan import concept_difference, concept_presence, otsu_threshold, planted_balance, weight_report
 from anatomy.interventions.reweighting import DataReweighting, balance
 from anatomy.interventions.steering import FeatureSteering
 from anatomy.models.hooks import hooks
@@ -294,6 +294,61 @@ def test_filtering_errors():
         DataFiltering(threshold=0.5).plan(selection(block=[0]), everywhere, None)
     with pytest.raises(AnatomyError, match="select.block"):
         DataFiltering().plan(selection(amplify=[1]), _filter_features(), None)
+
+
+def _presence_features(seed=0, n=300):
+    """Two blocked features that fire (strongly, noisily) together in responses carrying the concept,
+    and weakly at random elsewhere; ~40% of chosen and ~20% of rejected responses carry it."""
+    rng = np.random.default_rng(seed)
+    carries_c, carries_r = rng.random(n) < 0.4, rng.random(n) < 0.2
+
+    def side(carries):
+        strong = rng.uniform(2.0, 4.0, (n, 2)) * carries[:, None]
+        weak = rng.uniform(0.0, 0.3, (n, 2)) * (rng.random((n, 2)) < 0.3)
+        return np.maximum(strong, weak)
+
+    return make_features(side(carries_c), side(carries_r)), carries_c, carries_r
+
+
+def test_presence_filtering_drops_every_pair_that_carries_the_concept_on_either_side():
+    feats, carries_c, carries_r = _presence_features()
+    plan = DataFiltering(drop="present").plan(selection(block=[0, 1]), feats, None)
+    np.testing.assert_array_equal(plan.weights, (~(carries_c | carries_r)).astype(float))
+    # concept on both sides (where drop="differ" keeps the pair) goes too
+    both = carries_c & carries_r
+    assert both.any() and (plan.weights[both] == 0).all()
+    assert plan.report["intervention/n_responses_present"] == carries_c.sum() + carries_r.sum()
+    chosen, rejected = concept_presence(feats, [0, 1])
+    scores = np.concatenate([chosen, rejected])
+    present = np.concatenate([carries_c, carries_r])
+    assert scores[~present].max() < plan.report["intervention/presence_threshold"] < scores[present].min()
+    # an explicit threshold replaces Otsu's cut
+    low = DataFiltering(drop="present", presence_threshold=-1.0)
+    with pytest.raises(AnatomyError, match="drop=present drops every pair"):
+        low.plan(selection(block=[0, 1]), feats, None)
+
+
+def test_concept_presence_is_the_mean_standardized_activation_of_the_features():
+    chosen = np.array([[2.0, 0.0], [0.0, 0.0], [4.0, 6.0]])
+    rejected = np.array([[0.0, 3.0], [2.0, 0.0], [0.0, 0.0]])
+    c, r = concept_presence(make_features(chosen, rejected), [0, 1])
+    scale = np.vstack([chosen, rejected]).std(axis=0)
+    np.testing.assert_allclose(c, (chosen / scale).mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(r, (rejected / scale).mean(axis=1), rtol=1e-6)
+    zeros = concept_presence(make_features(chosen, rejected), [])
+    assert all((z == 0).all() and len(z) == 3 for z in zeros)
+
+
+def test_otsu_threshold_cuts_between_the_two_modes():
+    rng = np.random.default_rng(1)
+    low, high = rng.normal(0.0, 0.2, 300), rng.normal(3.0, 0.3, 100)
+    cut = otsu_threshold(np.concatenate([high, low]))
+    assert low.max() < cut < high.min()
+    assert otsu_threshold(np.array([0.0, 0.0, 1.0, 1.0])) == 0.5  # between distinct values only
+    with pytest.raises(AnatomyError, match="all equal"):
+        otsu_threshold(np.ones(5))
+    with pytest.raises(AnatomyError, match="drop must be"):
+        DataFiltering(drop="everything")
 
 
 def test_filtering_with_a_negative_threshold_is_an_error():
