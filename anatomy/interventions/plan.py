@@ -120,7 +120,9 @@ def planted_balance(pairs, weights: np.ndarray | None) -> dict[str, float]:
     concept says nothing about the preference; 1: only chosen responses carry it), over
     `data/planted_n_differ/<c>` pairs; `intervention/planted_chosen_share/<c>` is the weighted share
     (dropped pairs weigh 0) and `intervention/planted_differ_weight/<c>` those pairs' total weight
-    (weights have mean 1 over the kept pairs). Empty when no pair records a concept."""
+    (weights have mean 1 over the kept pairs); `data/planted_n_present/<c>` counts the pairs that
+    carry the concept on either side and `intervention/planted_present_weight/<c>` is their weight
+    (0: the model never trains on it). Empty when no pair records a concept."""
     names = sorted({c for p in pairs for c in (*p.concepts_chosen, *p.concepts_rejected)})
     w = np.ones(len(pairs)) if weights is None else np.asarray(weights, dtype=np.float64)
     out: dict[str, float] = {}
@@ -135,4 +137,6 @@ def planted_balance(pairs, weights: np.ndarray | None) -> dict[str, float]:
         out[f"data/planted_n_differ/{name}"] = float(differ.sum())
         out[f"intervention/planted_chosen_share/{name}"] = float(w[differ & in_chosen].sum() / mass) if mass > 0 else float("nan")
         out[f"intervention/planted_differ_weight/{name}"] = mass
+        out[f"data/planted_n_present/{name}"] = float((in_chosen | in_rejected).sum())
+        out[f"intervention/planted_present_weight/{name}"] = float(w[in_chosen | in_rejected].sum())
     return out

@@ -334,6 +334,17 @@ def test_what_each_intervention_trains_on_against_the_planted_truth(intervened):
         assert share == before and weight == n_differ
 
 
+def test_presence_filtering_keeps_no_pair_that_carries_the_planted_markdown(tmp_path):
+    # drop=present finds markdown from the SAE features alone; against the ground truth it keeps
+    # none of the 210 training pairs that carry it, on either side, and drops no other (1 step: only
+    # the plan matters)
+    metrics, _ = run_study(tmp_path, *STUDY, "trainer=dpo", "trainer.max_steps=1", "eval=none",
+                           "intervention=data_filtering", "intervention.drop=present", MARKDOWN)
+    n_present = metrics["data/planted_n_present/markdown"]
+    assert metrics["intervention/planted_present_weight/markdown"] <= 0.02 * n_present
+    assert metrics["intervention/n_dropped"] >= 0.98 * n_present
+
+
 def test_each_intervention_keeps_heldout_accuracy_where_markdown_is_no_shortcut(intervened, reweighted):
     # ablation 0.774, steering 0.825, filtering 0.818, reweighting 0.825, against the baseline's 0.737
     name, metrics = intervened

@@ -490,12 +490,14 @@ def test_planted_balance_is_the_weighted_share_of_chosen_among_pairs_where_the_c
     r = planted_balance(pairs, None)
     assert r["data/planted_chosen_share/md"] == 0.75 and r["data/planted_n_differ/md"] == 4
     assert r["intervention/planted_chosen_share/md"] == 0.75 and r["intervention/planted_differ_weight/md"] == 4
+    assert r["data/planted_n_present/md"] == 5 and r["intervention/planted_present_weight/md"] == 5
     assert not any(k.endswith("/syc") for k in r)  # never on one side only: nothing to say
     # the one rejected-side pair weighs as much as the three chosen-side ones; the both-sides pair
     # and the dropped one do not count
     r = planted_balance(pairs, np.array([1.0, 1.0, 0.0, 2.0, 5.0, 1.0, 1.0]))
     assert r["data/planted_chosen_share/md"] == 0.75
     assert r["intervention/planted_chosen_share/md"] == 0.5 and r["intervention/planted_differ_weight/md"] == 4.0
+    assert r["intervention/planted_present_weight/md"] == 9.0  # the both-sides pair counts here
     r = planted_balance(pairs, np.array([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]))
     assert np.isnan(r["intervention/planted_chosen_share/md"]) and r["intervention/planted_differ_weight/md"] == 0
     assert planted_balance([PreferencePair("q", "a", "b")], None) == {}  # data without ground truth
