@@ -342,7 +342,7 @@ def test_presence_filtering_keeps_no_pair_that_carries_the_planted_markdown(tmp_
                            "intervention=data_filtering", "intervention.drop=present", MARKDOWN)
     n_present = metrics["data/planted_n_present/markdown"]
     assert metrics["intervention/planted_present_weight/markdown"] <= 0.02 * n_present
-    assert metrics["intervention/n_dropped"] >= 0.98 * n_present
+    assert 0.98 * n_present <= metrics["intervention/n_dropped"] <= 1.02 * n_present
 
 
 def test_each_intervention_keeps_heldout_accuracy_where_markdown_is_no_shortcut(intervened, reweighted):
