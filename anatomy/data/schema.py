@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from anatomy.errors import AnatomyError
 
 
@@ -21,6 +23,14 @@ class PreferencePair:
     rejected: str
     concepts_chosen: tuple[str, ...] = ()  # ground truth (synthetic data only): concepts in `chosen`
     concepts_rejected: tuple[str, ...] = ()  # ground truth (synthetic data only): concepts in `rejected`
+
+
+def concept_sides(pairs: list[PreferencePair]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per concept the pairs record (ground truth, synthetic data): the masks of the pairs whose
+    chosen and whose rejected response carry it. Empty when no pair records a concept."""
+    names = sorted({c for p in pairs for c in (*p.concepts_chosen, *p.concepts_rejected)})
+    return {name: (np.array([name in p.concepts_chosen for p in pairs], dtype=bool),
+                   np.array([name in p.concepts_rejected for p in pairs], dtype=bool)) for name in names}
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from anatomy.data.files import read_rows
-from anatomy.data.schema import PreferencePair, Probe
+from anatomy.data.schema import PreferencePair, Probe, concept_sides
 from anatomy.errors import AnatomyError
 from anatomy.eval.scoring import first_difference, response_logps, score, stop_logp
 
@@ -191,10 +191,9 @@ def dpo_shifts(pol_pos, pol_neg, ref_pos, ref_neg, eos_token_id: int) -> dict[st
 
 def _same_concept(pairs: list[PreferencePair]) -> dict[str, np.ndarray]:
     """Per recorded concept that differs in some pair: the mask of pairs where it does not differ."""
-    names = sorted({c for p in pairs for c in (*p.concepts_chosen, *p.concepts_rejected)})
     out = {}
-    for name in names:
-        same = np.array([(name in p.concepts_chosen) == (name in p.concepts_rejected) for p in pairs])
+    for name, (in_chosen, in_rejected) in concept_sides(pairs).items():
+        same = in_chosen == in_rejected
         if same.any() and not same.all():
             out[name] = same
     return out

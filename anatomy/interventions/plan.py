@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from anatomy.data.schema import concept_sides
 from anatomy.errors import AnatomyError
 from anatomy.features import Features
 from anatomy.models.hooks import HookFn
@@ -123,12 +124,9 @@ def planted_balance(pairs, weights: np.ndarray | None) -> dict[str, float]:
     (weights have mean 1 over the kept pairs); `data/planted_n_present/<c>` counts the pairs that
     carry the concept on either side and `intervention/planted_present_weight/<c>` is their weight
     (0: the model never trains on it). Empty when no pair records a concept."""
-    names = sorted({c for p in pairs for c in (*p.concepts_chosen, *p.concepts_rejected)})
     w = np.ones(len(pairs)) if weights is None else np.asarray(weights, dtype=np.float64)
     out: dict[str, float] = {}
-    for name in names:
-        in_chosen = np.array([name in p.concepts_chosen for p in pairs])
-        in_rejected = np.array([name in p.concepts_rejected for p in pairs])
+    for name, (in_chosen, in_rejected) in concept_sides(pairs).items():
         differ = in_chosen != in_rejected
         if not differ.any():
             continue
