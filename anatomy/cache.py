@@ -13,10 +13,12 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 from anatomy import __version__
 
@@ -37,11 +39,33 @@ def texts_digest(texts: list[tuple[str, str]]) -> str:
 
 
 def code_digest(*modules) -> str:
-    """A stable hash of modules' source: in the key of an entry whose content those modules compute
-    (the baseline's measured numbers), so an entry computed by other code is never served."""
+    """A stable hash of modules' source: in the key of an entry whose content those modules compute,
+    so an entry computed by other code is never served."""
     import inspect
 
     return hashlib.sha256("\0".join(inspect.getsource(m) for m in modules).encode()).hexdigest()[:20]
+
+
+def code_closure(*modules: ModuleType) -> list[ModuleType]:
+    """The given modules and every `anatomy` module they use, transitively (a module, function or
+    class of the package bound at module level), sorted by name: the code behind a stage."""
+    seen: dict[str, ModuleType] = {}
+    stack = list(modules)
+    while stack:
+        module = stack.pop()
+        if module.__name__ in seen:
+            continue
+        seen[module.__name__] = module
+        for value in vars(module).values():
+            name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+            if isinstance(name, str) and name.split(".")[0] == "anatomy" and name not in seen and name in sys.modules:
+                stack.append(sys.modules[name])
+    return [seen[name] for name in sorted(seen)]
+
+
+def stage_code(*modules: ModuleType) -> str:
+    """`code_digest` of `code_closure`: the `code` part of a stage's key."""
+    return code_digest(*code_closure(*modules))
 
 
 @contextmanager

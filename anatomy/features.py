@@ -11,6 +11,7 @@ every result is stored at its response's own place.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from anatomy.cache import cached_dir
+from anatomy.cache import cached_dir, stage_code
 from anatomy.data.schema import PreferencePair
 from anatomy.errors import AnatomyError
 from anatomy.models.base import LoadedModel, encode_pair, pad_batch
@@ -54,7 +55,7 @@ class Featurize:
         -> (features, cache hit, key for downstream stages)"""
         texts = hashlib.sha256("\0".join(p.prompt + "\1" + p.chosen + "\1" + p.rejected for p in pairs).encode())
         key = {"featurize": asdict(self), "model": model.path, "sae": sae.source, "hook": sae.hook,
-               "pairs": texts.hexdigest()}
+               "pairs": texts.hexdigest(), "code": stage_code(sys.modules[__name__])}
         folder, hit = cached_dir("features", key, lambda d: self.run(model, sae, pairs).save(d))
         return Features.load(folder), hit, folder.name
 

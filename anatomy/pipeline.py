@@ -11,6 +11,7 @@ model is built or trained. Results are written only at the end, each file atomic
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from anatomy.cache import cached_dir, code_digest
+from anatomy.cache import cached_dir, stage_code
 from anatomy.errors import AnatomyError
 from anatomy.eval import NoEval
 from anatomy.interventions import NoIntervention
@@ -176,7 +177,9 @@ def test_hypotheses(hypothesis, feats, features_key: str):
         length_diff = (feats.chosen_length - feats.rejected_length).astype(np.float64)
         hypothesis.run(feats.chosen, feats.rejected, length_diff).to_parquet(folder / "table.parquet")
 
-    folder, hit = cached_dir("hypotheses", {"hypothesis": asdict(hypothesis), "features": features_key}, build)
+    key = {"hypothesis": asdict(hypothesis), "features": features_key,
+           "code": stage_code(sys.modules[type(hypothesis).__module__])}
+    folder, hit = cached_dir("hypotheses", key, build)
     return pd.read_parquet(folder / "table.parquet"), hit
 
 
@@ -228,11 +231,6 @@ def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], boo
     import hashlib
     import json
 
-    from anatomy import trainers
-    from anatomy.eval import evaluate, scoring
-    from anatomy.models import base
-    from anatomy.trainers import common, dpo, reward
-
     def build(folder: Path) -> None:
         baseline = stages.trainer.train(model, data.train, Plan())
         measured = stages.eval.measure(baseline, data.heldout, probes, prefix="eval/baseline")
@@ -240,6 +238,6 @@ def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], boo
 
     texts = hashlib.sha256(repr((data.train, data.heldout, probes)).encode()).hexdigest()
     key = {"trainer": asdict(stages.trainer), "model": model.path, "data": texts, "eval": asdict(stages.eval),
-           "code": code_digest(trainers, common, dpo, reward, evaluate, scoring, base)}  # what trains and measures it
+           "code": stage_code(*(sys.modules[type(stage).__module__] for stage in (stages.trainer, stages.eval)))}
     folder, hit = cached_dir("baseline", key, build)
     return json.loads((folder / "metrics.json").read_text()), hit

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from anatomy.cache import cached_dir, texts_digest
+from anatomy.cache import cached_dir, stage_code, texts_digest
 from anatomy.errors import AnatomyError
 from anatomy.models.base import LoadedModel, ModelSpec, encode_pair
 from anatomy.models.hf import load_pretrained
@@ -51,7 +52,8 @@ class TinyModel:
     def load(self, texts: list[tuple[str, str]]) -> tuple[LoadedModel, bool]:
         """The cached model for these texts and this config, building it if needed. -> (model, cache hit)"""
         corpus = texts_digest(texts)
-        folder, hit = cached_dir("model", {"tiny": asdict(self), "texts": corpus}, lambda d: self.build(texts, d))
+        key = {"tiny": asdict(self), "texts": corpus, "code": stage_code(sys.modules[__name__])}
+        folder, hit = cached_dir("model", key, lambda d: self.build(texts, d))
         loaded = load_pretrained(str(folder))
         return LoadedModel(loaded.model, loaded.tokenizer, self.spec(), str(folder)), hit
 

@@ -8,13 +8,14 @@ Activations of every token of every (prompt, response) are read through the name
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from anatomy.cache import cached_dir, texts_digest
+from anatomy.cache import cached_dir, stage_code, texts_digest
 from anatomy.errors import AnatomyError
 from anatomy.models.base import LoadedModel, ModelSpec, encode_batch
 from anatomy.models.hooks import canonical_hook_name, capture, parse_hook
@@ -52,7 +53,7 @@ class TrainSAE:
 
     def load(self, model: LoadedModel, texts: list[tuple[str, str]], model_key: str) -> tuple[LoadedSAE, bool]:
         corpus = texts_digest(texts)
-        key = {"sae": asdict(self), "model": model_key, "texts": corpus}
+        key = {"sae": asdict(self), "model": model_key, "texts": corpus, "code": stage_code(sys.modules[__name__])}
         folder, hit = cached_dir("sae", key, lambda d: self.build(model, texts, d))
         from sae_lens import SAE
 

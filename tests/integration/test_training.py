@@ -25,6 +25,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import anatomy.trainers.dpo
+from anatomy.cache import stage_code
 from anatomy.errors import AnatomyError
 from anatomy.interventions.plan import Plan
 from conftest import AUDIT, SMALL, compose, hh_rlhf_small, run_study
@@ -156,7 +158,8 @@ def test_reference_logps_are_cached_across_weights_and_train_exactly_as_computed
     assert other_weights.report["train/loss"] != computed.report["train/loss"]
     for a, b in zip(cached.policy.parameters(), computed.policy.parameters()):
         assert torch.equal(a, b)
-    assert len(list((tmp_path / "cache" / "reference").glob("*/reference.npz"))) == 1
+    (entry,) = (tmp_path / "cache" / "reference").glob("*/key.json")
+    assert json.loads(entry.read_text())["code"] == stage_code(anatomy.trainers.dpo)  # keyed by its code too
     dpo_other_pairs = dpo.train(model, data.train[32:64], Plan())
     assert dpo_other_pairs.report["cache/reference"] == 0.0  # other pairs, another entry
 

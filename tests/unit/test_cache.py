@@ -1,11 +1,13 @@
-"""The stage cache's keys: an entry is reused for the same key only, and a key can name the code
-that computes the entry (`code_digest`), so numbers measured by older code are never served."""
+"""The stage cache's keys: an entry is reused for the same key only, and a key names the code that
+computes the entry (`code_digest` of `code_closure`: `stage_code`), so numbers computed by older code
+are never served."""
 
 from __future__ import annotations
 
+import sys
 import types
 
-from anatomy.cache import cached_dir, code_digest
+from anatomy.cache import cached_dir, code_closure, code_digest, stage_code
 
 
 def _module(name: str, source: str) -> types.ModuleType:
@@ -40,3 +42,24 @@ def test_an_entry_keyed_by_other_code_is_built_again(tmp_path, monkeypatch):
     other, hit3 = cached_dir("stage", {"x": 1, "code": code_digest(new)}, build)
     assert (hit1, hit2, hit3) == (False, True, False) and len(builds) == 2
     assert first == again != other and (other / "value").read_text() == "2"
+
+
+def test_stage_code_follows_the_package_code_a_stage_uses(monkeypatch):
+    """A stage's code key covers the anatomy modules it uses, transitively, and nothing else."""
+    import json as outside  # not anatomy: never part of the key
+
+    deep = _module("anatomy._t_deep", "def f(): return 1\n")
+    mid = _module("anatomy._t_mid", "from anatomy._t_deep import f\n")
+    top = _module("anatomy._t_top", "import anatomy._t_mid\n")
+    deep.f = types.FunctionType((lambda: 1).__code__, {}, "f")
+    deep.f.__module__ = deep.__name__
+    mid.f, top.mid, top.json = deep.f, mid, outside
+    for module in (deep, mid, top):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert [m.__name__ for m in code_closure(top)] == ["anatomy._t_deep", "anatomy._t_mid", "anatomy._t_top"]
+    before = stage_code(top)
+    edited = _module("anatomy._t_deep", "def f(): return 2\n")  # an edit two imports away
+    edited.f = deep.f
+    monkeypatch.setitem(sys.modules, edited.__name__, edited)
+    assert stage_code(top) != before
+
