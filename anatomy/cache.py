@@ -48,7 +48,8 @@ def code_digest(*modules) -> str:
 
 def code_closure(*modules: ModuleType) -> list[ModuleType]:
     """The given modules and every `anatomy` module they use, transitively (a module, function or
-    class of the package bound at module level), sorted by name: the code behind a stage."""
+    class of the package bound at module level; imports inside functions are not followed), sorted
+    by name: the code behind a stage."""
     seen: dict[str, ModuleType] = {}
     stack = list(modules)
     while stack:
