@@ -51,15 +51,18 @@ def test_stage_code_follows_the_package_code_a_stage_uses(monkeypatch):
     deep = _module("anatomy._t_deep", "def f(): return 1\n")
     mid = _module("anatomy._t_mid", "from anatomy._t_deep import f\n")
     top = _module("anatomy._t_top", "import anatomy._t_mid\n")
-    deep.f = types.FunctionType((lambda: 1).__code__, {}, "f")
-    deep.f.__module__ = deep.__name__
-    mid.f, top.mid, top.json = deep.f, mid, outside
+
+    def f():  # what `from anatomy._t_deep import f` binds in mid: a function of the package
+        return 1
+
+    f.__module__ = deep.__name__
+    deep.f, mid.f, top.mid, top.json = f, f, mid, outside
     for module in (deep, mid, top):
         monkeypatch.setitem(sys.modules, module.__name__, module)
     assert [m.__name__ for m in code_closure(top)] == ["anatomy._t_deep", "anatomy._t_mid", "anatomy._t_top"]
     before = stage_code(top)
     edited = _module("anatomy._t_deep", "def f(): return 2\n")  # an edit two imports away
-    edited.f = deep.f
+    edited.f = f
     monkeypatch.setitem(sys.modules, edited.__name__, edited)
     assert stage_code(top) != before
 
