@@ -64,9 +64,12 @@ def code_closure(*modules: ModuleType) -> list[ModuleType]:
     return [seen[name] for name in sorted(seen)]
 
 
-def stage_code(*modules: ModuleType) -> str:
-    """`code_digest` of `code_closure`: the `code` part of a stage's key."""
-    return code_digest(*code_closure(*modules))
+def stage_code(*names: str) -> str:
+    """`code_digest` of the `code_closure` of the modules named (a module's `__name__`, a stage's
+    `type(stage).__module__`): the `code` part of a stage's key."""
+    from importlib import import_module
+
+    return code_digest(*code_closure(*(import_module(name) for name in names)))
 
 
 @contextmanager

@@ -11,7 +11,6 @@ every result is stored at its response's own place.
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,7 +54,7 @@ class Featurize:
         -> (features, cache hit, key for downstream stages)"""
         texts = hashlib.sha256("\0".join(p.prompt + "\1" + p.chosen + "\1" + p.rejected for p in pairs).encode())
         key = {"featurize": asdict(self), "model": model.path, "sae": sae.source, "hook": sae.hook,
-               "pairs": texts.hexdigest(), "code": stage_code(sys.modules[__name__])}
+               "pairs": texts.hexdigest(), "code": stage_code(__name__)}
         folder, hit = cached_dir("features", key, lambda d: self.run(model, sae, pairs).save(d))
         return Features.load(folder), hit, folder.name
 

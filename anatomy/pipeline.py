@@ -11,7 +11,6 @@ model is built or trained. Results are written only at the end, each file atomic
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -178,7 +177,7 @@ def test_hypotheses(hypothesis, feats, features_key: str):
         hypothesis.run(feats.chosen, feats.rejected, length_diff).to_parquet(folder / "table.parquet")
 
     key = {"hypothesis": asdict(hypothesis), "features": features_key,
-           "code": stage_code(sys.modules[type(hypothesis).__module__])}
+           "code": stage_code(type(hypothesis).__module__)}
     folder, hit = cached_dir("hypotheses", key, build)
     return pd.read_parquet(folder / "table.parquet"), hit
 
@@ -238,6 +237,6 @@ def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], boo
 
     texts = hashlib.sha256(repr((data.train, data.heldout, probes)).encode()).hexdigest()
     key = {"trainer": asdict(stages.trainer), "model": model.path, "data": texts, "eval": asdict(stages.eval),
-           "code": stage_code(*(sys.modules[type(stage).__module__] for stage in (stages.trainer, stages.eval)))}
+           "code": stage_code(type(stages.trainer).__module__, type(stages.eval).__module__)}
     folder, hit = cached_dir("baseline", key, build)
     return json.loads((folder / "metrics.json").read_text()), hit

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,7 +51,7 @@ class TinyModel:
     def load(self, texts: list[tuple[str, str]]) -> tuple[LoadedModel, bool]:
         """The cached model for these texts and this config, building it if needed. -> (model, cache hit)"""
         corpus = texts_digest(texts)
-        key = {"tiny": asdict(self), "texts": corpus, "code": stage_code(sys.modules[__name__])}
+        key = {"tiny": asdict(self), "texts": corpus, "code": stage_code(__name__)}
         folder, hit = cached_dir("model", key, lambda d: self.build(texts, d))
         loaded = load_pretrained(str(folder))
         return LoadedModel(loaded.model, loaded.tokenizer, self.spec(), str(folder)), hit

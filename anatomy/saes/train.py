@@ -8,7 +8,6 @@ Activations of every token of every (prompt, response) are read through the name
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,7 +52,7 @@ class TrainSAE:
 
     def load(self, model: LoadedModel, texts: list[tuple[str, str]], model_key: str) -> tuple[LoadedSAE, bool]:
         corpus = texts_digest(texts)
-        key = {"sae": asdict(self), "model": model_key, "texts": corpus, "code": stage_code(sys.modules[__name__])}
+        key = {"sae": asdict(self), "model": model_key, "texts": corpus, "code": stage_code(__name__)}
         folder, hit = cached_dir("sae", key, lambda d: self.build(model, texts, d))
         from sae_lens import SAE
 

@@ -13,7 +13,6 @@ compute them once (TRL's own cache never hits for an in-memory dataset).
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +47,7 @@ class WeightedDPOTrainer(WeightColumn, DPOTrainer):
             "max_length": args.max_length, "truncation_mode": getattr(args, "truncation_mode", None),
             "pad_to_multiple_of": getattr(args, "pad_to_multiple_of", None),
             "padding_free": getattr(args, "padding_free", None), "ld_alpha": getattr(args, "ld_alpha", None),
-            "trl": trl.__version__, "torch": torch.__version__, "code": stage_code(sys.modules[__name__]),
+            "trl": trl.__version__, "torch": torch.__version__, "code": stage_code(__name__),
         }
         computed = {}
 

@@ -51,23 +51,19 @@ def _assert_keyed_by_code(job: Path) -> None:
     upstream keys."""
     import re
 
-    import anatomy.features
-    import anatomy.hypotheses.test
-    import anatomy.models.tiny
-    import anatomy.saes.train
     from anatomy.cache import stage_code
 
     header = (job / "hypotheses.md").read_text()
     model, sae = re.search(r"model `([^`]+)`, SAE `([^`]+)`", header).groups()
     key = lambda folder: json.loads((Path(folder) / "key.json").read_text())  # noqa: E731
-    assert key(model)["code"] == stage_code(anatomy.models.tiny)
-    assert key(sae)["code"] == stage_code(anatomy.saes.train) and key(sae)["model"] == model
+    assert key(model)["code"] == stage_code("anatomy.models.tiny")
+    assert key(sae)["code"] == stage_code("anatomy.saes.train") and key(sae)["model"] == model
     root = Path(os.environ["ANATOMY_CACHE"])
     features = [f.parent for f in (root / "features").glob("*/key.json") if key(f.parent)["sae"] == sae]
-    assert features and all(key(f)["code"] == stage_code(anatomy.features) for f in features)
+    assert features and all(key(f)["code"] == stage_code("anatomy.features") for f in features)
     names = {f.name for f in features}
     tables = [f.parent for f in (root / "hypotheses").glob("*/key.json") if key(f.parent)["features"] in names]
-    assert tables and all(key(t)["code"] == stage_code(anatomy.hypotheses.test) for t in tables)
+    assert tables and all(key(t)["code"] == stage_code("anatomy.hypotheses.test") for t in tables)
 
 
 def test_wandb_offline_run_reads_back(tmp_path):

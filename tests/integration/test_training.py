@@ -25,7 +25,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import anatomy.trainers.dpo
 from anatomy.cache import stage_code
 from anatomy.errors import AnatomyError
 from anatomy.interventions.plan import Plan
@@ -159,7 +158,7 @@ def test_reference_logps_are_cached_across_weights_and_train_exactly_as_computed
     for a, b in zip(cached.policy.parameters(), computed.policy.parameters()):
         assert torch.equal(a, b)
     (entry,) = (tmp_path / "cache" / "reference").glob("*/key.json")
-    assert json.loads(entry.read_text())["code"] == stage_code(anatomy.trainers.dpo)  # keyed by its code too
+    assert json.loads(entry.read_text())["code"] == stage_code("anatomy.trainers.dpo")  # keyed by its code too
     dpo_other_pairs = dpo.train(model, data.train[32:64], Plan())
     assert dpo_other_pairs.report["cache/reference"] == 0.0  # other pairs, another entry
 

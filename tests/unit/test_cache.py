@@ -60,9 +60,9 @@ def test_stage_code_follows_the_package_code_a_stage_uses(monkeypatch):
     for module in (deep, mid, top):
         monkeypatch.setitem(sys.modules, module.__name__, module)
     assert [m.__name__ for m in code_closure(top)] == ["anatomy._t_deep", "anatomy._t_mid", "anatomy._t_top"]
-    before = stage_code(top)
+    before = stage_code(top.__name__)
     edited = _module("anatomy._t_deep", "def f(): return 2\n")  # an edit two imports away
     edited.f = f
     monkeypatch.setitem(sys.modules, edited.__name__, edited)
-    assert stage_code(top) != before
+    assert stage_code(top.__name__) != before
 
