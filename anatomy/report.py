@@ -2,9 +2,16 @@
 
     anatomy-report multirun/2026-11-21/12-00-00-000000   # writes report.csv, report.md, report.png, report.html
     anatomy-report SWEEP_DIR --metrics eval/shift/markdown eval/heldout_accuracy --over seed
+    anatomy-report SWEEP_DIR --against intervention=none   # + each arm against none, seed by seed
 
 Jobs are grouped by their overrides except those named by --over (default: seed); each metric is
 shown as mean +/- sd over the group. A job that failed (no metrics.json) is listed with its error.
+With `--against KEY=VALUE`, every job is also compared with its baseline job: the one with that
+override and the same other overrides (the same seed; overrides under `KEY.` are ignored, so
+`intervention.threshold` does not keep a filtering job from its `intervention=none` job). A learned
+shift (`eval/shift*`) gets its reduction, 1 - job / baseline; any other metric its ratio, job /
+baseline. The summary shows each as the value of the group's means, then the value per job in the
+order of the --over overrides: "92% (57%, 112%, 119%)".
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -36,18 +44,67 @@ def gather(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def against_baseline(table: pd.DataFrame, against: str, metrics: list[str]) -> pd.DataFrame:
+    """Per job, each metric's baseline value (`baseline/<m>`): the metric of the job with override
+    `against` (KEY=VALUE) and the same other overrides, except those under `KEY.`. The baseline jobs
+    themselves, and jobs with no single such baseline, get none."""
+    key, _, value = against.partition("=")
+    column = f"override/{key}"
+    if not value or column not in table.columns:
+        known = sorted(c.split("/", 1)[1] for c in table.columns if c.startswith("override/"))
+        raise SystemExit(f"anatomy-report: --against must be KEY=VALUE with KEY a swept override ({', '.join(known)}); "
+                         f"got {against!r}")
+    ok = table[table["status"] == "ok"]
+    same = [c for c in table.columns if c.startswith("override/") and c != column and not c.startswith(f"{column}.")]
+    signature = _joined(ok, same, "\x1f")
+    is_base = ok[column].astype(str) == value
+    if not is_base.any():
+        raise SystemExit(f"anatomy-report: no finished job has {against}")
+    bases = signature[is_base]
+    out = table.copy()
+    for m in metrics:
+        out[f"baseline/{m}"] = float("nan")
+    for i in ok.index[~is_base]:
+        found = bases.index[bases == signature[i]]
+        if len(found) == 1:
+            for m in metrics:
+                out.at[i, f"baseline/{m}"] = ok.at[found[0], m]
+    return out
+
+
 def summarize(table: pd.DataFrame, metrics: list[str], over: list[str]) -> pd.DataFrame:
     keys = [c for c in table.columns if c.startswith("override/") and c.split("/", 1)[1] not in over]
     keys = [k for k in keys if k != "override/experiment"]
     ok = table[table["status"] == "ok"]
+    order = [c for c in (f"override/{o}" for o in over) if c in ok.columns]
+    if order:  # per-job values listed in the order of the --over overrides (seed 0, 1, 2, not 0, 1, 10)
+        ok = ok.sort_values(order, kind="stable", key=lambda c: pd.to_numeric(c, errors="coerce").fillna(float("inf")))
     present = [m for m in metrics if m in ok.columns]
-    grouped = ok.groupby(keys, dropna=False)[present] if keys else ok[present].groupby(lambda _: "all")
-    mean, sd, n = grouped.mean(), grouped.std(ddof=1), grouped.size()
+    grouped = ok.groupby(keys, dropna=False, sort=True) if keys else ok.groupby(lambda _: "all")
+    mean, sd, n = grouped[present].mean(), grouped[present].std(ddof=1), grouped.size()
     out = pd.DataFrame(index=mean.index)
     out["n"] = n
     for m in present:
         out[m] = [f"{a:+.3f} ± {b:.3f}" if pd.notna(b) else f"{a:+.3f}" for a, b in zip(mean[m], sd[m])]
+    for m in (m for m in present if f"baseline/{m}" in ok.columns):
+        shift = m.startswith("eval/shift")
+        out[f"{m} {'reduction' if shift else 'ratio'}"] = [
+            _versus(rows[m].to_numpy(), rows[f"baseline/{m}"].to_numpy(), shift) for _, rows in grouped]
     return out.reset_index()
+
+
+def _versus(values, baselines, reduction: bool) -> str:
+    """"of the means (per job)": 1 - value / baseline for a reduction, value / baseline otherwise."""
+    def one(v, b):
+        if not (pd.notna(v) and pd.notna(b)) or b == 0:
+            return "n/a"
+        return f"{1 - v / b:.0%}" if reduction else f"{v / b:.2f}"
+
+    paired = [(v, b) for v, b in zip(values, baselines) if pd.notna(b)]
+    if not paired:
+        return ""
+    v, b = np.array(paired, dtype=float).T
+    return f"{one(v.mean(), b.mean())} ({', '.join(one(x, y) for x, y in paired)})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,10 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", nargs="*", default=None, help="metrics to summarize (default: eval/* and audit/*)")
     parser.add_argument("--over", nargs="*", default=["seed", "threads"],
                         help="overrides to aggregate over (default: seed, threads)")
+    parser.add_argument("--against", default=None, metavar="KEY=VALUE",
+                        help="compare each job with the job that has this override and the same others "
+                             "(e.g. intervention=none): shift reductions and metric ratios")
     args = parser.parse_args(argv)
     table = gather(args.sweep_dir)
     metrics = args.metrics or [c for c in table.columns if c.startswith(("eval/shift/", "eval/heldout_accuracy"))
                                and "baseline" not in c] or [c for c in table.columns if c.startswith("audit/n_")]
+    if args.against:
+        table = against_baseline(table, args.against, [m for m in metrics if m in table.columns])
     summary = summarize(table, metrics, args.over)
     table.to_csv(args.sweep_dir / "report.csv", index=False)
     text = summary.to_markdown(index=False) if _has_tabulate() else summary.to_string(index=False)
@@ -78,7 +140,6 @@ def plot(table: pd.DataFrame, over: list[str], path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     ok = table[table["status"] == "ok"]
     shifts = sorted(c for c in ok.columns if c.startswith("eval/shift/"))
@@ -86,7 +147,7 @@ def plot(table: pd.DataFrame, over: list[str], path: Path) -> Path | None:
             and c != "override/experiment"]
     if not shifts or ok.empty:
         return None
-    label = ok[keys].astype(str).agg(" ".join, axis=1) if keys else pd.Series("all", index=ok.index)
+    label = _joined(ok, keys, " ") if keys else pd.Series("all", index=ok.index)
     groups = sorted(label.unique())
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(shifts) * max(1, len(groups)) / 3), 4))
     width = 0.8 / len(groups)
@@ -116,6 +177,12 @@ def write_html(path: Path, summary: pd.DataFrame, figure: Path | None, failed: l
     fails = f"<p>failed jobs: {', '.join(failed)}</p>" if failed else ""
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>anatomy sweep report</title></head>"
                     f"<body><h1>anatomy sweep report</h1>{img}{summary.to_html(index=False)}{fails}</body></html>\n")
+
+
+def _joined(frame: pd.DataFrame, columns: list[str], sep: str) -> pd.Series:
+    """Per row, the values of `columns` joined by `sep` (an override a job lacks counts as "")."""
+    return pd.Series([sep.join(map(str, row)) for row in frame[columns].fillna("").itertuples(index=False)],
+                     index=frame.index, dtype=object)
 
 
 def _has_tabulate() -> bool:

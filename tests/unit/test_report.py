@@ -1,0 +1,58 @@
+"""anatomy-report's comparison of each job with its baseline job (`--against`), on hand-made job folders."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from anatomy.report import main as report
+
+
+def job(sweep, name, overrides, metrics=None):
+    folder = sweep / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """none and ablation at seeds 2, 10, 0 (folder order differs from seed order), a filtering job with
+    its own sub-override, and an ablation job that failed."""
+    sweep = tmp_path / "sweep"
+    n = 0
+    for seed, base_shift, abl_shift in [(2, 2.0, 1.0), (10, 1.0, -1.0), (0, 4.0, 1.0)]:
+        job(sweep, str(n), ["intervention=none", f"seed={seed}"],
+            {"eval/shift/markdown": base_shift, "eval/heldout_accuracy": 0.8})
+        job(sweep, str(n + 1), ["intervention=feature_ablation", f"seed={seed}"],
+            {"eval/shift/markdown": abl_shift, "eval/heldout_accuracy": 0.6 if seed == 0 else 0.8})
+        n += 2
+    job(sweep, "filter", ["intervention=data_filtering", "intervention.threshold=1.0", "seed=0"],
+        {"eval/shift/markdown": 0.0, "eval/heldout_accuracy": 0.4})
+    job(sweep, "failed", ["intervention=feature_steering", "seed=0"])
+    return sweep
+
+
+def test_against_baseline_pairs_each_job_with_its_seed(sweep):
+    report([str(sweep), "--metrics", "eval/shift/markdown", "eval/heldout_accuracy", "--against", "intervention=none"])
+    table = pd.read_csv(sweep / "report.csv")
+    ablation = table[table["override/intervention"] == "feature_ablation"].set_index("override/seed")
+    assert ablation.loc[10, "baseline/eval/shift/markdown"] == 1.0 and ablation.loc[0, "baseline/eval/shift/markdown"] == 4.0
+    assert table[table["override/intervention"] == "none"]["baseline/eval/shift/markdown"].isna().all()
+    summary = (sweep / "report.md").read_text()
+    # ablation: means 1/3 against 7/3 -> 86% removed; per seed, in seed order 0, 2, 10: 75%, 50%, 200%
+    assert "86% (75%, 50%, 200%)" in summary
+    # accuracy: (0.6 + 0.8 + 0.8) / 3 / 0.8 = 0.92; per seed 0.75, 1.00, 1.00
+    assert "0.92 (0.75, 1.00, 1.00)" in summary
+    # filtering is compared with none at seed 0 although it has intervention.threshold and none has not
+    assert "100% (100%)" in summary and "0.50 (0.50)" in summary
+    assert "failed jobs: failed" in summary
+
+
+def test_against_needs_a_swept_override_and_a_baseline_job(sweep):
+    with pytest.raises(SystemExit, match="KEY=VALUE with KEY a swept override"):
+        report([str(sweep), "--against", "trainer=dpo"])
+    with pytest.raises(SystemExit, match="no finished job has intervention=nothing"):
+        report([str(sweep), "--against", "intervention=nothing"])
