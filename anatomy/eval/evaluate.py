@@ -24,7 +24,12 @@
   DPO also reports `shift_onset/<concept>`: the part of `shift` at the first token where a probe's
   two sides differ. For an appended concept it is how much more likely the model became to *start*
   the concept right after the base; `shift` - `shift_onset` is the change in how it goes on once
-  started.
+  started. And `shift_continue/<concept>`: the change in how likely the model is to go on at all,
+  rather than stop, where the probe's side without the concept ends, log(1 - p(end token)). For an
+  appended concept it is the part of `shift` that every concept appended there shares (a model that
+  learned to stop less often after the answer is more likely to write whatever comes next);
+  `shift` - `shift_continue` is the change of the concept's log-prob given that the model goes on:
+  what is the concept's own.
 - Next to each shift, the audit's prediction for that concept (the mean signed effect of its
   significant hypotheses), and their correlation across concepts.
 """
@@ -171,10 +176,13 @@ class Evaluate:
 def dpo_shifts(pol_pos, pol_neg, ref_pos, ref_neg, eos_token_id: int) -> dict[str, np.ndarray]:
     """Per probe, from `response_logps` rows of the policy and the reference on its positive and
     negative sides: the change of the complete-response margin (`shift_complete`), of its
-    continuation part, without the end tokens (`shift`), and of the part of `shift` at the first
-    token where the two sides differ (`shift_onset`)."""
-    complete, stopping, onset = [], [], []
+    continuation part, without the end tokens (`shift`), of the part of `shift` at the first
+    token where the two sides differ (`shift_onset`), and of the log-prob of going on where the
+    negative side ends, log(1 - p(end token)) (`shift_continue`; 0 where its end token was cut off)."""
+    complete, stopping, onset, going_on = [], [], [], []
     for (ids_p, pol_p), (ids_n, pol_n), (_, ref_p), (_, ref_n) in zip(pol_pos, pol_neg, ref_pos, ref_neg):
+        ends = len(ids_n) > 0 and ids_n[-1] == eos_token_id
+        going_on.append(_log1m_exp(pol_n[-1]) - _log1m_exp(ref_n[-1]) if ends else 0.0)
         complete.append((pol_p.sum() - pol_n.sum()) - (ref_p.sum() - ref_n.sum()))
         stopping.append((stop_logp(ids_p, pol_p, eos_token_id) - stop_logp(ids_n, pol_n, eos_token_id))
                         - (stop_logp(ids_p, ref_p, eos_token_id) - stop_logp(ids_n, ref_n, eos_token_id)))
@@ -186,7 +194,13 @@ def dpo_shifts(pol_pos, pol_neg, ref_pos, ref_neg, eos_token_id: int) -> dict[st
                 value -= pol_n[at] - ref_n[at]
         onset.append(value)
     complete, stopping = np.array(complete), np.array(stopping)
-    return {"shift": complete - stopping, "shift_complete": complete, "shift_onset": np.array(onset)}
+    return {"shift": complete - stopping, "shift_complete": complete, "shift_onset": np.array(onset),
+            "shift_continue": np.array(going_on)}
+
+
+def _log1m_exp(logp: float) -> float:
+    """log(1 - exp(logp)), accurate near 0 and finite for a certain event (logp = 0)."""
+    return float(np.log(-np.expm1(min(float(logp), -1e-12))))
 
 
 def _same_concept(pairs: list[PreferencePair]) -> dict[str, np.ndarray]:

@@ -374,7 +374,7 @@ def test_the_run_folder_has_metrics_and_the_trained_model(reweighted, study):
     assert {"markdown", "sycophancy", "verbosity", "hedging", "refusal"} <= concepts
     keys = ["eval/heldout_accuracy", "eval/heldout_accuracy_before", "intervention/effective_sample_size",
             "eval/heldout_accuracy_same/markdown", "eval/heldout_n_same/markdown", "train/pairs_too_long",
-            *[f"eval/{m}/{c}" for c in concepts for m in ("shift", "shift_complete", "shift_onset", "baseline/shift",
+            *[f"eval/{m}/{c}" for c in concepts for m in ("shift", "shift_complete", "shift_onset", "shift_continue", "baseline/shift",
                                                            "baseline/shift_onset")]]
     for key in keys:
         assert key in on_disk and np.isfinite(on_disk[key]), key

@@ -101,7 +101,7 @@ def test_first_difference():
     assert first_difference(np.array([1, 2]), np.array([1, 2])) is None
 
 
-def test_dpo_shifts_split_the_margin_into_onset_rest_and_stopping():
+def test_dpo_shifts_split_the_margin_into_onset_rest_stopping_and_going_on():
     from anatomy.eval.evaluate import dpo_shifts
 
     eos = 0
@@ -114,6 +114,9 @@ def test_dpo_shifts_split_the_margin_into_onset_rest_and_stopping():
     assert out["shift_complete"][0] == pytest.approx(2.0 + 0.3 - 0.05 + 1.0)
     assert out["shift"][0] == pytest.approx(2.0 + 0.3)  # without the end tokens
     assert out["shift_onset"][0] == pytest.approx(2.0)  # the first concept token only
+    # going on after the base: log(1 - e^-1.4) - log(1 - e^-0.4), more likely now that stopping is less
+    assert out["shift_continue"][0] == pytest.approx(np.log(1 - np.exp(-1.4)) - np.log(1 - np.exp(-0.4)))
+    assert out["shift_continue"][0] > 0
     # Two answers that differ at one token (correct vs wrong item): the onset is that token on both sides.
     pos_ids, neg_ids = np.array([7, 5, eos]), np.array([7, 6, eos])
     ref = np.array([-1.0, -2.0, -0.1])
@@ -121,6 +124,11 @@ def test_dpo_shifts_split_the_margin_into_onset_rest_and_stopping():
     assert out["shift_onset"][0] == pytest.approx(0.75)
     assert out["shift"][0] == pytest.approx(0.75)
     assert out["shift_complete"][0] == pytest.approx(0.75 - 0.2)
+    # A negative side whose end token was cut off says nothing about going on; a certain stop stays finite.
+    out = dpo_shifts([(pos_ids, ref)], [(neg_ids[:2], ref[:2])], [(pos_ids, ref)], [(neg_ids[:2], ref[:2])], eos)
+    assert out["shift_continue"][0] == 0.0
+    out = dpo_shifts([(pos_ids, ref)], [(neg_ids, np.array([-1.0, -2.0, 0.0]))], [(pos_ids, ref)], [(neg_ids, ref)], eos)
+    assert np.isfinite(out["shift_continue"][0]) and out["shift_continue"][0] < -20
 
 
 # -- the run summary ------------------------------------------------------------------------------
