@@ -61,15 +61,12 @@ def against_baseline(table: pd.DataFrame, against: str, metrics: list[str]) -> p
     if not is_base.any():
         raise SystemExit(f"anatomy-report: no finished job has {against}")
     bases = signature[is_base]
-    out = table.copy()
-    for m in metrics:
-        out[f"baseline/{m}"] = float("nan")
+    baseline = pd.DataFrame(float("nan"), index=table.index, columns=[f"baseline/{m}" for m in metrics])
     for i in ok.index[~is_base]:
         found = bases.index[bases == signature[i]]
         if len(found) == 1:
-            for m in metrics:
-                out.at[i, f"baseline/{m}"] = ok.at[found[0], m]
-    return out
+            baseline.loc[i] = ok.loc[found[0], metrics].to_numpy(dtype=float)
+    return pd.concat([table, baseline], axis=1)
 
 
 def summarize(table: pd.DataFrame, metrics: list[str], over: list[str]) -> pd.DataFrame:
