@@ -145,3 +145,8 @@ def test_report_gathers_a_sweep(tmp_path):
     assert "eval/shift/markdown" in table.columns
     assert (sweep / "report.png").stat().st_size > 1000
     assert "<img" in (sweep / "report.html").read_text()
+    report([str(sweep), "--against", "intervention=none"])  # the reweighting job against the none job
+    table = pd.read_csv(sweep / "report.csv").set_index("override/intervention")
+    assert table.loc["data_reweighting", "baseline/eval/shift/markdown"] == table.loc["none", "eval/shift/markdown"]
+    reduction = 1 - table.loc["data_reweighting", "eval/shift/markdown"] / table.loc["none", "eval/shift/markdown"]
+    assert f"{reduction:.0%} ({reduction:.0%})" in (sweep / "report.md").read_text()
