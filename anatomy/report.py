@@ -91,7 +91,8 @@ def summarize(table: pd.DataFrame, metrics: list[str], over: list[str]) -> pd.Da
 
 
 def _versus(values, baselines, reduction: bool) -> str:
-    """"of the means (per job)": 1 - value / baseline for a reduction, value / baseline otherwise."""
+    """1 - value / baseline for a reduction, value / baseline otherwise: of the group's means (over
+    the jobs that have a baseline), then per job, as "92% (57%, 112%, 119%)"."""
     def one(v, b):
         if not (pd.notna(v) and pd.notna(b)) or b == 0:
             return "n/a"
