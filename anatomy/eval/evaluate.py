@@ -46,7 +46,7 @@ import pandas as pd
 from anatomy.data.files import read_rows
 from anatomy.data.schema import PreferencePair, Probe, concept_sides
 from anatomy.errors import AnatomyError
-from anatomy.eval.scoring import first_difference, response_logps, score, stop_logp
+from anatomy.eval.scoring import ends, first_difference, response_logps, score, stop_logp
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +181,11 @@ def dpo_shifts(pol_pos, pol_neg, ref_pos, ref_neg, eos_token_id: int) -> dict[st
     negative side ends, log(1 - p(end token)) (`shift_continue`; 0 where its end token was cut off)."""
     complete, stopping, onset, going_on = [], [], [], []
     for (ids_p, pol_p), (ids_n, pol_n), (_, ref_p), (_, ref_n) in zip(pol_pos, pol_neg, ref_pos, ref_neg):
-        ends = len(ids_n) > 0 and ids_n[-1] == eos_token_id
-        going_on.append(_log1m_exp(pol_n[-1]) - _log1m_exp(ref_n[-1]) if ends else 0.0)
+        pol_stop_n, ref_stop_n = stop_logp(ids_n, pol_n, eos_token_id), stop_logp(ids_n, ref_n, eos_token_id)
         complete.append((pol_p.sum() - pol_n.sum()) - (ref_p.sum() - ref_n.sum()))
-        stopping.append((stop_logp(ids_p, pol_p, eos_token_id) - stop_logp(ids_n, pol_n, eos_token_id))
-                        - (stop_logp(ids_p, ref_p, eos_token_id) - stop_logp(ids_n, ref_n, eos_token_id)))
+        stopping.append((stop_logp(ids_p, pol_p, eos_token_id) - pol_stop_n)
+                        - (stop_logp(ids_p, ref_p, eos_token_id) - ref_stop_n))
+        going_on.append(_log1m_exp(pol_stop_n) - _log1m_exp(ref_stop_n) if ends(ids_n, eos_token_id) else 0.0)
         at, value = first_difference(ids_p, ids_n), 0.0
         if at is not None:  # an end token there is stopping, not part of `shift`
             if at < len(ids_p) and ids_p[at] != eos_token_id:

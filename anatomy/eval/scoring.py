@@ -58,9 +58,14 @@ def response_logps(model, tokenizer, texts: list[tuple[str, str]], max_length: i
     return out
 
 
+def ends(ids: np.ndarray, eos_token_id: int) -> bool:
+    """Whether a `response_logps` row still ends with its end token (over `max_length` it is cut first)."""
+    return bool(len(ids)) and ids[-1] == eos_token_id
+
+
 def stop_logp(ids: np.ndarray, logps: np.ndarray, eos_token_id: int) -> float:
     """The end token's log-prob in a `response_logps` row (0 where the end token was cut off)."""
-    return float(logps[-1]) if len(ids) and ids[-1] == eos_token_id else 0.0
+    return float(logps[-1]) if ends(ids, eos_token_id) else 0.0
 
 
 def first_difference(a: np.ndarray, b: np.ndarray) -> int | None:
