@@ -23,7 +23,7 @@ from anatomy.cache import cached_dir, stage_code
 from anatomy.errors import AnatomyError
 from anatomy.eval import NoEval
 from anatomy.interventions import NoIntervention
-from anatomy.interventions.plan import Plan, planted_balance
+from anatomy.interventions.plan import Plan, edit_energy, planted_balance
 from anatomy.evidence import promoted_tokens, snippets, top_tokens
 from anatomy.hypotheses.ground_truth import name_concept, score
 from anatomy.outputs import write_metrics, write_outputs
@@ -198,6 +198,8 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, ou
     metrics.update(selection.report())
     with timer("intervention"):
         plan = stages.intervention.plan(selection, feats, sae)
+        if plan.edits:  # how much of the activations each edit changes, on the starting model
+            plan.report.update(edit_energy(model, plan.edits, data.train))
     metrics.update(plan.report)
     metrics.update(planted_balance(data.train, plan.weights))  # synthetic data: the plan against the truth
     with timer("train"):

@@ -740,3 +740,56 @@ def test_hook_edits_carry_gradients(llama, ids):
     llama.zero_grad(set_to_none=True)
     assert n_hooks(llama) == 0
 
+
+
+# -- how large an edit is ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm():
+    """A tiny random Llama with a byte-level BPE tokenizer, as `LoadedModel` hands them over."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["Question: which is a fruit?\nAnswer: the apple, surely"], vocab_size=300,
+                            special_tokens=["<|endoftext|>", "<pad>"], show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<pad>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    return SimpleNamespace(model=model, tokenizer=tok)
+
+
+def test_edit_energy_is_the_changed_share_of_the_activations_squared_norm_without_padding(lm, caplog):
+    from anatomy.interventions.plan import edit_energy
+    from anatomy.models.base import encode_batch
+    from anatomy.models.hooks import capture
+
+    pairs = [PreferencePair("Question: which is a fruit?\nAnswer:", " the apple", " a stone, surely, a stone"),
+             PreferencePair("Q:", " apple" * 9, " no"), PreferencePair("Question:", " fruit", " which")]
+    torch.manual_seed(1)
+    basis, _ = torch.linalg.qr(torch.randn(32, 8))
+
+    def project(act):
+        return act - (act @ basis) @ basis.T
+
+    hook = "blocks.1.hook_resid_pre"
+    with caplog.at_level(logging.WARNING):
+        got = edit_energy(lm, {hook: project, "blocks.0.hook_resid_post": lambda a: a * 0.5}, pairs, batch_size=4)
+    # by hand, one text at a time (no padding at all), over both sides of every pair
+    changed = total = 0.0
+    for pair in pairs:
+        for side in (pair.chosen, pair.rejected):
+            ids, mask, _, _ = encode_batch(lm.tokenizer, [(pair.prompt, side)], 256)
+            act = capture(lm.model, hook, ids, mask)[0]
+            changed += float(((act @ basis) @ basis.T).pow(2).sum())
+            total += float(act.pow(2).sum())
+    assert got[f"intervention/edit_energy/{hook}"] == pytest.approx(changed / total, rel=1e-4)
+    assert 0.05 < changed / total < 0.95  # a projection changes part of it
+    assert got["intervention/edit_energy/blocks.0.hook_resid_post"] == pytest.approx(0.25, rel=1e-5)  # (1 - 0.5)^2
+    assert not caplog.records  # neither edit is large
+    with caplog.at_level(logging.WARNING):
+        got = edit_energy(lm, {hook: lambda a: a * 0, "blocks.0.hook_resid_post": lambda a: None}, pairs, n_pairs=2)
+    assert got == {f"intervention/edit_energy/{hook}": pytest.approx(1.0), "intervention/edit_energy/blocks.0.hook_resid_post": 0.0}
+    assert len(caplog.records) == 1 and "100% of the activations' energy" in caplog.text and hook in caplog.text
