@@ -336,6 +336,17 @@ def test_what_each_intervention_trains_on_against_the_planted_truth(intervened):
         assert share == before and weight == n_differ
 
 
+def test_each_feature_intervention_reports_how_much_of_the_activations_it_changes(intervened):
+    # On this study's model the blocked span holds most of the residual stream's energy (README)
+    name, metrics = intervened
+    energy = {k: v for k, v in metrics.items() if k.startswith("intervention/edit_energy/")}
+    if name.startswith("feature_"):
+        assert list(energy) == [f"intervention/edit_energy/{HOOK}"]
+        assert 0.0 < energy[f"intervention/edit_energy/{HOOK}"] < 1.0
+    else:
+        assert not energy  # a data intervention edits no activation
+
+
 def test_presence_filtering_keeps_no_pair_that_carries_the_planted_markdown(tmp_path):
     # drop=present finds markdown from the SAE features alone; against the ground truth it keeps
     # none of the 210 training pairs that carry it, on either side, and drops no other (1 step: only
@@ -526,6 +537,8 @@ def test_dpo_with_feature_ablation_on_hh_rlhf(shared_data, tmp_path):
     assert metrics["cache/model"] == 1.0 and metrics["cache/sae"] == 1.0  # the audit's, reused
     assert json.loads((out / "selection.json").read_text())["block"] == [strongest]
     assert metrics["intervention/n_directions"] == 1.0
+    energy = [v for k, v in metrics.items() if k.startswith("intervention/edit_energy/")]
+    assert len(energy) == 1 and 0.0 < energy[0] < 1.0
     assert metrics["train/steps"] == 6.0
     # TRL drops the pairs whose prompt alone fills trainer.max_length (long HH-RLHF dialogues): counted
     assert metrics["train/pairs"] + metrics["train/pairs_too_long"] == metrics["data/train"]
