@@ -16,7 +16,7 @@ import torch
 from anatomy.data.schema import concept_sides
 from anatomy.errors import AnatomyError
 from anatomy.features import Features
-from anatomy.models.base import encode_batch
+from anatomy.models.base import LoadedModel, encode_batch
 from anatomy.models.hooks import HookFn, capture
 from anatomy.select import Selection
 
@@ -109,7 +109,7 @@ LARGE_EDIT = 0.5  # an edit changing more than this share of the activations' en
 
 
 @torch.no_grad()
-def edit_energy(model, edits: dict[str, HookFn], pairs, n_pairs: int = 64, batch_size: int = 16,
+def edit_energy(model: LoadedModel, edits: dict[str, HookFn], pairs, n_pairs: int = 64, batch_size: int = 16,
                 max_length: int = 256) -> dict[str, float]:
     """How large each activation edit is, measured on the starting model before training.
 
