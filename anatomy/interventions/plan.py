@@ -126,9 +126,10 @@ def edit_energy(model: LoadedModel, edits: dict[str, HookFn], pairs, n_pairs: in
         changed = total = 0.0
         for start in range(0, len(texts), batch_size):
             input_ids, mask, _, _ = encode_batch(model.tokenizer, texts[start:start + batch_size], max_length)
-            act = capture(model.model, hook, input_ids.to(device), mask.to(device)).float()
-            new = fn(act.clone())
-            keep = mask.to(device).bool()
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            act = capture(model.model, hook, input_ids, mask).float()
+            new = fn(act.clone())  # (a copy: an edit may work in place)
+            keep = mask.bool()  # padding left out
             delta = torch.zeros_like(act) if new is None else new.float() - act
             changed += float(delta[keep].pow(2).sum())
             total += float(act[keep].pow(2).sum())

@@ -337,14 +337,14 @@ def test_what_each_intervention_trains_on_against_the_planted_truth(intervened):
 
 
 def test_each_feature_intervention_reports_how_much_of_the_activations_it_changes(intervened):
-    # On this study's model the blocked span holds most of the residual stream's energy (README)
+    # one share per edited hook point, the SAE's; a data intervention edits nothing
     name, metrics = intervened
     energy = {k: v for k, v in metrics.items() if k.startswith("intervention/edit_energy/")}
     if name.startswith("feature_"):
         assert list(energy) == [f"intervention/edit_energy/{HOOK}"]
         assert 0.0 < energy[f"intervention/edit_energy/{HOOK}"] < 1.0
     else:
-        assert not energy  # a data intervention edits no activation
+        assert not energy
 
 
 def test_presence_filtering_keeps_no_pair_that_carries_the_planted_markdown(tmp_path):

@@ -741,7 +741,6 @@ def test_hook_edits_carry_gradients(llama, ids):
     assert n_hooks(llama) == 0
 
 
-
 # -- how large an edit is ----------------------------------------------------------------------
 
 
