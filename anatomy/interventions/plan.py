@@ -137,9 +137,9 @@ def edit_energy(model: LoadedModel, edits: dict[str, HookFn], pairs, n_pairs: in
         out[f"intervention/edit_energy/{hook}"] = share
         if share > LARGE_EDIT:
             log.warning("intervention: the edit at %s changes %.0f%% of the activations' energy (squared norm) on the "
-                        "training texts, so it changes much more than the selected concept; fewer features "
-                        "(select.match_top), one direction (intervention.mixed=true) or a smaller coefficient "
-                        "change less", hook, 100 * share)
+                        "training texts, likely much more than the selected concept; to change less, select fewer "
+                        "features (select.match_top), ablate one direction (intervention.mixed=true) or steer with a "
+                        "smaller intervention.coefficient", hook, 100 * share)
     return out
 
 
