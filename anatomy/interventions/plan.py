@@ -121,19 +121,20 @@ def edit_energy(model: LoadedModel, edits: dict[str, HookFn], pairs, n_pairs: in
     warned about (above LARGE_EDIT)."""
     texts = [side for pair in pairs[:n_pairs] for side in ((pair.prompt, pair.chosen), (pair.prompt, pair.rejected))]
     device = next(model.model.parameters()).device
-    out = {}
-    for hook, fn in edits.items():
-        changed = total = 0.0
-        for start in range(0, len(texts), batch_size):
-            input_ids, mask, _, _ = encode_batch(model.tokenizer, texts[start:start + batch_size], max_length)
-            input_ids, mask = input_ids.to(device), mask.to(device)
+    changed, total = dict.fromkeys(edits, 0.0), dict.fromkeys(edits, 0.0)
+    for start in range(0, len(texts), batch_size):  # each batch tokenized once, for every hook
+        input_ids, mask, _, _ = encode_batch(model.tokenizer, texts[start:start + batch_size], max_length)
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        keep = mask.bool()  # padding left out
+        for hook, fn in edits.items():
             act = capture(model.model, hook, input_ids, mask).float()
             new = fn(act.clone())  # (a copy: an edit may work in place)
-            keep = mask.bool()  # padding left out
             delta = torch.zeros_like(act) if new is None else new.float() - act
-            changed += float(delta[keep].pow(2).sum())
-            total += float(act[keep].pow(2).sum())
-        share = changed / total if total > 0 else 0.0
+            changed[hook] += float(delta[keep].pow(2).sum())
+            total[hook] += float(act[keep].pow(2).sum())
+    out = {}
+    for hook in edits:
+        share = changed[hook] / total[hook] if total[hook] > 0 else 0.0
         out[f"intervention/edit_energy/{hook}"] = share
         if share > LARGE_EDIT:
             log.warning("intervention: the edit at %s changes %.0f%% of the activations' energy (squared norm) on the "
