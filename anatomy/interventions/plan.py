@@ -51,10 +51,8 @@ def concept_difference(features: Features, feature_ids: list[int], directions: d
         return np.zeros(features.chosen.shape[0])
     cols = np.asarray(feature_ids)
     diff = (features.chosen[:, cols] - features.rejected[:, cols]).toarray().astype(np.float64)
-    scale = diff.std(axis=0)
-    scale[scale == 0] = 1.0
     sign = np.array([1.0 if directions.get(int(f), "chosen") == "chosen" else -1.0 for f in cols])
-    return (diff / scale * sign).mean(axis=1)
+    return (_standardized(diff) * sign).mean(axis=1)
 
 
 def concept_presence(features: Features, feature_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -66,10 +64,15 @@ def concept_presence(features: Features, feature_ids: list[int]) -> tuple[np.nda
         return np.zeros(n), np.zeros(n)
     cols = np.asarray(feature_ids)
     both = np.vstack([features.chosen[:, cols].toarray(), features.rejected[:, cols].toarray()]).astype(np.float64)
-    scale = both.std(axis=0)
-    scale[scale == 0] = 1.0
-    score = (both / scale).mean(axis=1)
+    score = _standardized(both).mean(axis=1)
     return score[:n], score[n:]
+
+
+def _standardized(x: np.ndarray) -> np.ndarray:
+    """Each column divided by its standard deviation over rows (a constant column is left as is)."""
+    scale = x.std(axis=0)
+    scale[scale == 0] = 1.0
+    return x / scale
 
 
 def otsu_threshold(values: np.ndarray) -> float:
