@@ -97,10 +97,10 @@ class Select:
                     continue
                 hits = [f for f, toks in tokens.items() if item.lower() in toks]
                 if not hits:
-                    log.warning("select.%s: %r matches no significant hypothesis's %s", kind, item, where)
+                    log.warning("select.%s: '%s' matches no significant hypothesis's %s", kind, item, where)
                     unmatched.append(f"{kind}:{item}")
                 for f in hits:
-                    chosen[kind].setdefault(f, []).append(f"select.{kind} {item!r} matches its {where}")
+                    chosen[kind].setdefault(f, []).append(f"select.{kind} '{item}' matches its {where}")
         if self.verdicts:
             for feature, verdict in self._verdicts().items():
                 if feature not in tested:
@@ -114,7 +114,7 @@ class Select:
             raise AnatomyError(f"select: features {sorted(both)} are both blocked and amplified")
         if (self.block or self.amplify) and not chosen["block"] and not chosen["amplify"]:
             raise AnatomyError(
-                f"select: nothing selected: {unmatched} match no significant hypothesis's top tokens. Read "
+                f"select: nothing selected: {', '.join(unmatched)} match no significant hypothesis's top tokens. Read "
                 "hypotheses.md (already written) and set select.block=[...] for this data, or audit only with "
                 "trainer=none intervention=none eval=none")
         reasons = {**chosen["block"], **chosen["amplify"]}

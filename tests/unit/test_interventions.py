@@ -122,6 +122,21 @@ def test_select_unmatched_strings_are_recorded_and_warned(caplog):
     assert "nonsense" in warned and "nothing" in warned
 
 
+def test_select_messages_show_each_string_as_the_user_wrote_it(caplog):
+    # A line break is written '\n' in the config (backslash, n), as top tokens show it; the reason
+    # and the warning must print it that way, not as Python's repr ('\\n').
+    t = table()
+    t.loc[0, "top_tokens"] = "**|\\n|##"
+    with caplog.at_level(logging.WARNING, logger="anatomy.select"):
+        sel = Select(block=["\\n", "x\\ty"]).run(t)
+    assert sel.reasons[3] == ["select.block '\\n' matches its top tokens"]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "'x\\ty' matches no" in warned and "\\\\" not in warned
+    with pytest.raises(AnatomyError) as err:
+        Select(block=["x\\ty", "zzz"]).run(t)
+    assert "block:x\\ty, block:zzz match no" in str(err.value)
+
+
 def test_select_nothing_selected_is_an_error():
     with pytest.raises(AnatomyError, match="nothing selected") as err:
         Select(block=["nonsense"], amplify=["other"]).run(table())
