@@ -114,8 +114,8 @@ class Select:
             raise AnatomyError(f"select: features {sorted(both)} are both blocked and amplified")
         if (self.block or self.amplify) and not chosen["block"] and not chosen["amplify"]:
             raise AnatomyError(
-                f"select: nothing selected: {', '.join(unmatched)} match no significant hypothesis's top tokens. Read "
-                "hypotheses.md (already written) and set select.block=[...] for this data, or audit only with "
+                f"select: nothing selected: {', '.join(unmatched)} match no significant hypothesis's top tokens. "
+                "Read hypotheses.md (already written) and set select.block=[...] for this data, or audit only with "
                 "trainer=none intervention=none eval=none")
         reasons = {**chosen["block"], **chosen["amplify"]}
         return Selection(sorted(chosen["block"]), sorted(chosen["amplify"]), reasons,
