@@ -60,6 +60,9 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:  # recorded in the run folder; a sweep goes on with its next job
         error = err
         write_failure(out_dir, err)
+        if not multirun and isinstance(err, AnatomyError):  # bad input: the message, not a traceback
+            log.error("%s (recorded in %s/error.txt)", err, out_dir)
+            raise SystemExit(1) from None
         if not multirun:
             raise
         log.error("job failed (%s: %s); recorded in %s/error.txt", type(err).__name__, err, out_dir)

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from anatomy.cache import cached_dir, stage_code
-from anatomy.errors import AnatomyError
+from anatomy.errors import AnatomyError, check_types
 from anatomy.eval import NoEval
 from anatomy.interventions import NoIntervention
 from anatomy.interventions.plan import Plan, edit_energy, planted_balance
@@ -61,6 +61,7 @@ def build(cfg: DictConfig) -> Stages:
         if node is None or "_target_" not in node:
             raise AnatomyError(f"config node {name!r} is missing or has no _target_")
         try:
+            check_types(name, _target_class(node._target_), OmegaConf.to_container(node, resolve=True))
             built[name] = instantiate(node, _convert_="all")
         except MissingMandatoryValue as err:
             raise AnatomyError(f"config {name}: {err.full_key or name} is required; set {err.full_key}=...") from None
@@ -80,6 +81,16 @@ def build(cfg: DictConfig) -> Stages:
     if trains and isinstance(stages.eval, NoEval):
         log.warning("trainer is set but eval=none: the trained model is saved, nothing is measured")
     return stages
+
+
+def _target_class(target: str) -> type | None:
+    """The class a node's _target_ names, or None if it does not import (instantiate then says why)."""
+    from hydra.utils import get_class
+
+    try:
+        return get_class(target)
+    except Exception:
+        return None
 
 
 class Timer:

@@ -44,8 +44,8 @@ class Selection:
 class Select:
     """Which features the intervention acts on."""
 
-    block: list = field(default_factory=list)  # feature ids (int) or strings matched against top tokens
-    amplify: list = field(default_factory=list)  # as block, for concepts to strengthen
+    block: list[int | str] = field(default_factory=list)  # feature ids (int) or strings matched against top tokens
+    amplify: list[int | str] = field(default_factory=list)  # as block, for concepts to strengthen
     verdicts: str | None = None  # YAML file {feature: allow | block | amplify}, applied after block/amplify
     match_top: int = 0  # match strings against each hypothesis's first match_top top tokens only (0 = all)
 

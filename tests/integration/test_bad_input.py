@@ -234,6 +234,26 @@ def test_bad_value_names_the_field(tmp_path, fresh_cache, override, names):
         assert name in msg, (name, msg)
 
 
+@pytest.mark.parametrize(
+    "overrides,names",
+    [
+        (["intervention=feature_steering", "intervention.coefficient=abc"],
+         ["intervention.coefficient", "a number", "'abc'"]),
+        (["intervention.n_bins=4.5"], ["intervention.n_bins", "whole number", "4.5"]),
+        (["intervention=data_filtering", "intervention.two_sided=yes"], ["intervention.two_sided", "true or false"]),
+        (["data.rates.markdown=[0.6,high]"], ["data.rates.markdown[1]", "'high'"]),
+        (["select.block=[key,1.5]"], ["select.block[1]", "1.5"]),
+        (["trainer.max_steps=ten"], ["trainer.max_steps", "'ten'"]),
+    ],
+)
+def test_wrong_type_names_the_field(tmp_path, fresh_cache, overrides, names):
+    # Checked against each node's dataclass field types before anything is built, so the run does
+    # not get as far as the intervention (after the whole audit) before `"abc" * 5.0` fails there.
+    msg = fails(tmp_path, fresh_cache, *overrides)
+    for name in names:
+        assert name in msg, (name, msg)
+
+
 # 7. an SAE that does not fit the model -----------------------------------------------------------
 
 
@@ -327,12 +347,14 @@ def test_failing_run_overwrites_nothing(tmp_path):
     assert json.loads(before["metrics.json"])["data/rows"] == 400.0
 
     bad = _cli(tmp_path, "data=local", "data.path=missing.jsonl")
-    assert bad.returncode != 0
+    assert bad.returncode == 1
     assert "data.path='missing.jsonl': file does not exist" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr  # bad input: the message, not a stack trace
 
     folders = _run_folders(tmp_path)
     assert len(folders) == 2, folders
     (second,) = folders - {first}
     assert {name: (first / name).read_bytes() for name in files} == before
     assert not (second / "hypotheses.csv").exists() and not (second / "metrics.json").exists()
+    assert "Traceback" in (second / "error.txt").read_text()  # kept on disk, for a bug report
     assert "missing.jsonl" in (second / ".hydra" / "overrides.yaml").read_text()

@@ -64,11 +64,26 @@ def test_option_instantiates(group, option):
     instantiate(node)
 
 
+def typecheck(path: str, node: DictConfig) -> None:
+    """The node's values have its target's field types (what `anatomy` checks before a run)."""
+    from anatomy.errors import check_types
+
+    values = OmegaConf.to_container(node, resolve=True)
+    check_types(path, get_class(node._target_), {k: v for k, v in values.items() if not OmegaConf.is_missing(node, k)})
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_option_values_have_their_fields_types(group, option):
+    for path, node in target_nodes(compose(f"{group}={option}")):
+        typecheck(path, node)
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_binds(experiment):
     cfg = compose(f"experiment={experiment}")
     for path, node in target_nodes(cfg):
         bind(path, node)
+        typecheck(path, node)
     header = (REPO / "experiments" / f"{experiment}.yaml").read_text().splitlines()[:12]
     assert any("anatomy" in line and line.startswith("#") for line in header), "say the command line in the header"
     assert "# @package _global_" in (REPO / "experiments" / f"{experiment}.yaml").read_text()
@@ -83,3 +98,21 @@ def test_a_misspelled_key_fails_to_bind():
 def test_experiments_are_reachable_from_configs():
     assert (CONFIG_DIR / "experiment").resolve() == (REPO / "experiments").resolve()
     assert EXPERIMENTS, "experiments/ holds no study"
+
+
+def test_type_check_accepts_what_the_fields_take_and_names_what_they_do_not():
+    from anatomy.data.synthetic import SyntheticData
+    from anatomy.errors import AnatomyError, check_types
+    from anatomy.interventions.filtering import DataFiltering
+
+    check_types("intervention", DataFiltering, {"threshold": 1, "presence_threshold": None, "_target_": "x"})
+    check_types("data", SyntheticData, {"rates": {"markdown": [1, 0.5]}, "n_pairs": 10})
+    for values, where in [({"threshold": "high"}, "intervention.threshold"),
+                          ({"two_sided": 1}, "intervention.two_sided"),
+                          ({"presence_threshold": [0.5]}, "intervention.presence_threshold")]:
+        with pytest.raises(AnatomyError, match=f"config {where}: expected"):
+            check_types("intervention", DataFiltering, values)
+    with pytest.raises(AnatomyError, match=r"data.rates.markdown\[0\]: expected a number"):
+        check_types("data", SyntheticData, {"rates": {"markdown": [None, 0.5]}})
+    with pytest.raises(AnatomyError, match="data.n_pairs: expected a whole number"):
+        check_types("data", SyntheticData, {"n_pairs": True})
