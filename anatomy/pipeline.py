@@ -117,6 +117,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     spec = stages.model.spec()
     stages.sae.check(spec)  # the hook exists and the SAE fits the model, before any weight loads
     stages.intervention.check(spec)  # and so do the intervention's own hook points
+    stages.select.check()  # and the verdicts file reads
     texts = data.texts()
     with timer("model"):
         model, hit = stages.model.load(texts)

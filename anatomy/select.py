@@ -57,6 +57,11 @@ class Select:
             if not isinstance(item, (int, str)) or isinstance(item, bool):
                 raise AnatomyError(f"select: {item!r} is neither a feature id nor a string")
 
+    def check(self) -> None:
+        """Read the verdicts file now, so a typo in it fails before the audit, not after."""
+        if self.verdicts:
+            self._verdicts()
+
     def _verdicts(self) -> dict[int, str]:
         import yaml
 

@@ -20,12 +20,28 @@ class PretrainedSAE:
     hook: str | None = None  # override the SAE's own hook name (None: use the SAE's metadata)
 
     def check(self, spec: ModelSpec) -> None:
-        """Checked after loading (the registry entry is read from the hub)."""
+        """The SAE id against sae-lens's registry (shipped with sae-lens: no hub needed). The hook and
+        the width are checked after loading: they are in the SAE's cfg, on the hub."""
+        try:
+            from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+        except ImportError:  # another sae-lens layout: the load says what is wrong
+            return
+        release = get_pretrained_saes_directory().get(self.release)
+        if release is None:  # not a registry release: sae-lens also takes a hub repo id, tried at load
+            return
+        if self.sae_id not in release.saes_map:
+            ids = sorted(release.saes_map)
+            raise AnatomyError(f"sae.sae_id={self.sae_id!r} is not in sae-lens release {self.release!r}; its "
+                               f"{len(ids)} SAE ids: {', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}")
 
     def load(self, model: LoadedModel, texts, model_key: str) -> tuple[LoadedSAE, bool]:
         from sae_lens import SAE
 
-        sae = SAE.from_pretrained(self.release, self.sae_id, device=str(model.model.device))
+        try:
+            sae = SAE.from_pretrained(self.release, self.sae_id, device=str(model.model.device))
+        except Exception as err:  # unknown release, no network, a missing file on the hub: say which SAE
+            raise AnatomyError(f"sae.release={self.release!r} sae.sae_id={self.sae_id!r}: cannot load "
+                               f"({type(err).__name__}: {err})") from err
         hook = self.hook or sae.cfg.metadata.hook_name
         hook = check_sae(model.spec, hook, sae.cfg.d_in, f"sae {self.release}/{self.sae_id}")
         return LoadedSAE(sae, hook, sae.cfg.d_in, sae.cfg.d_sae, f"{self.release}/{self.sae_id}"), False

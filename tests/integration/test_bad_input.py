@@ -254,6 +254,13 @@ def test_wrong_type_names_the_field(tmp_path, fresh_cache, overrides, names):
         assert name in msg, (name, msg)
 
 
+def test_verdicts_typo_fails_before_the_audit(tmp_path, fresh_cache):
+    verdicts = tmp_path / "verdicts.yaml"
+    verdicts.write_text("12: block\n40: blok\n")
+    msg = fails(tmp_path, fresh_cache, f"select.verdicts={verdicts}")
+    assert "feature 40" in msg and "'blok'" in msg and "amplify" in msg
+
+
 # 7. an SAE that does not fit the model -----------------------------------------------------------
 
 
@@ -294,6 +301,13 @@ def test_sae_cfg_without_d_in(tmp_path, fresh_cache):
     (folder / "cfg.json").write_text(json.dumps({"d_sae": 256, "metadata": {"hook_name": "blocks.1.hook_resid_post"}}))
     msg = fails(tmp_path, fresh_cache, "sae=local", f"sae.path={folder}")
     assert "d_in" in msg and str(folder) in msg
+
+
+def test_pretrained_sae_id_not_in_its_release(tmp_path, fresh_cache):
+    # sae-lens ships its registry, so this is known without the hub and before the model is built.
+    msg = fails(tmp_path, fresh_cache, "sae=pretrained", "sae.sae_id=blocks.9.hook_resid_post")
+    assert "sae.sae_id='blocks.9.hook_resid_post'" in msg and "pythia-70m-deduped-res-sm" in msg
+    assert "blocks.3.hook_resid_post" in msg  # names ids the release does have
 
 
 # 8. hooks that do not exist ----------------------------------------------------------------------
