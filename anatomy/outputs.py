@@ -136,10 +136,13 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
                 kept = "n/a" if after is None or math.isnan(after) else f"{after:.2f}"  # none of those pairs kept
                 row += f" {f'{before:.2f}->{kept}':>11}"
             out.append(row)
-        acc = f"held-out accuracy {metrics['eval/heldout_accuracy']:.3f} (before training {metrics['eval/heldout_accuracy_before']:.3f}"
-        if "eval/baseline/heldout_accuracy" in metrics:
-            acc += f"; without intervention {metrics['eval/baseline/heldout_accuracy']:.3f}"
-        out.append(acc + ")")
+        if "eval/heldout_accuracy" in metrics:
+            acc = f"held-out accuracy {metrics['eval/heldout_accuracy']:.3f} (before training {metrics['eval/heldout_accuracy_before']:.3f}"
+            if "eval/baseline/heldout_accuracy" in metrics:
+                acc += f"; without intervention {metrics['eval/baseline/heldout_accuracy']:.3f}"
+            out.append(acc + ")")
+        else:
+            out.append("held-out accuracy: no held-out pairs (data.heldout_fraction)")
     timing = ", ".join(f"{k[7:-2]} {v:.0f}s" for k, v in metrics.items() if k.startswith("timing/"))
     out += [f"time: {timing}", f"results: {table_path.parent}", "=" * 78]
     return "\n".join(out)

@@ -114,6 +114,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     metrics.update(data.report)
     metrics.update({"data/train": float(len(data.train)), "data/heldout": float(len(data.heldout))})
     probes = stages.eval.probe_set(data) if hasattr(stages.eval, "probe_set") else []
+    if not data.heldout and not isinstance(stages.eval, NoEval):
+        log.warning("data: no held-out pairs (data.heldout_fraction=0?): eval measures the learned shifts only, "
+                    "not held-out accuracy")
     spec = stages.model.spec()
     stages.sae.check(spec)  # the hook exists and the SAE fits the model, before any weight loads
     stages.intervention.check(spec)  # and so do the intervention's own hook points

@@ -154,3 +154,5 @@ def test_the_summary_shows_each_concept_learned_and_how_the_intervention_balance
     assert rows["hedging"].endswith("0.88->n/a")  # the intervention kept none of the pairs where it differs
     assert len(rows["hedging"]) == len(rows["markdown"])
     assert "held-out accuracy 0.800 (before training 0.500; without intervention 0.900)" in text
+    without_heldout = {k: v for k, v in metrics.items() if "heldout_accuracy" not in k}  # data.heldout_fraction=0
+    assert "held-out accuracy: no held-out pairs" in summary(without_heldout, path)
