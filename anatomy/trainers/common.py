@@ -81,18 +81,21 @@ def trl_args(config_class, out_dir: str, cfg, **extra):
     )
 
 
-def fit(policy: torch.nn.Module, plan, n_rows: int, make_trainer) -> dict[str, float]:
+def fit(policy: torch.nn.Module, plan, n_rows: int, make_trainer, too_long: str) -> dict[str, float]:
     """Build the TRL trainer (`make_trainer(output_dir)`) on a dataset of `n_rows` pairs, train with
     the plan's edits on the policy (removed afterwards, also if training raises), and report.
 
-    TRL drops the pairs it cannot train on (a DPO prompt that alone fills `max_length`); how many is
-    reported as `train/pairs_too_long` and warned about, never silent."""
+    TRL drops the pairs it cannot train on (`too_long` says which: for DPO, a prompt that alone fills
+    `max_length`); how many is reported as `train/pairs_too_long` and warned about, never silent,
+    and an error if that is all of them."""
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_trainer(tmp)
         kept = len(trainer.train_dataset)
+        if kept == 0:
+            raise nothing_fits(n_rows, too_long, trainer.args.max_length)
         if kept < n_rows:
-            log.warning("trainer: TRL dropped %d of %d training pairs whose prompt alone fills trainer.max_length; "
-                        "raise trainer.max_length to keep them", n_rows - kept, n_rows)
+            log.warning("trainer: TRL dropped %d of %d training pairs %s trainer.max_length=%d; "
+                        "raise it to keep them", n_rows - kept, n_rows, too_long, trainer.args.max_length)
         with hooks(policy, plan.edits):
             result = trainer.train()
     policy.eval()
@@ -101,6 +104,11 @@ def fit(policy: torch.nn.Module, plan, n_rows: int, make_trainer) -> dict[str, f
     if getattr(trainer, "reference_cache_hit", None) is not None:  # DPO's reference log-probs, from the cache
         report["cache/reference"] = float(trainer.reference_cache_hit)
     return report
+
+
+def nothing_fits(n_rows: int, too_long: str, max_length: int) -> AnatomyError:
+    return AnatomyError(f"trainer: TRL dropped all {n_rows} training pairs, {too_long} "
+                        f"trainer.max_length={max_length}; raise it")
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -23,7 +23,10 @@ from trl import DPOConfig, DPOTrainer
 
 from anatomy.cache import cached_dir, stage_code
 from anatomy.errors import AnatomyError
-from anatomy.trainers.common import Trained, WeightColumn, fit, frozen_copy, trl_args, weighted_rows
+from anatomy.trainers.common import Trained, WeightColumn, fit, frozen_copy, nothing_fits, trl_args, weighted_rows
+
+
+TOO_LONG = "whose prompt alone fills"  # TRL's DPO drops those; it cuts the others to max_length
 
 
 class WeightedDPOTrainer(WeightColumn, DPOTrainer):
@@ -32,10 +35,13 @@ class WeightedDPOTrainer(WeightColumn, DPOTrainer):
 
     def __init__(self, *args, cache_reference: bool = False, **kwargs):
         self.cache_reference = cache_reference
+        self._rows = len(kwargs.get("train_dataset") or [])  # before TRL drops the pairs that do not fit max_length
         self.reference_cache_hit: bool | None = None  # set when the cache was consulted
         super().__init__(*args, **kwargs)
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
+        if len(dataset) == 0:  # (TRL would fail on torch.cat of nothing)
+            raise nothing_fits(self._rows, TOO_LONG, self.args.max_length)
         cacheable = (self.cache_reference and name == "train" and getattr(self, "_precompute_model_hash", None)
                      and set(ID_COLUMNS) <= set(dataset.column_names))  # (a TRL that names these otherwise: no cache)
         if not cacheable:
@@ -133,5 +139,6 @@ class DPO:
         report = fit(policy, plan, len(dataset), lambda tmp: WeightedDPOTrainer(
             model=policy, ref_model=reference, train_dataset=dataset, processing_class=model.tokenizer,
             cache_reference=True,
-            args=trl_args(DPOConfig, tmp, self, beta=self.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"])))
+            args=trl_args(DPOConfig, tmp, self, beta=self.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"])),
+            TOO_LONG)
         return Trained("dpo", policy, reference, model.tokenizer, report)

@@ -62,5 +62,6 @@ class RewardModel:
         reference = frozen_copy(policy)  # the untrained reward model, same head initialisation
         dataset = Dataset.from_list(weighted_rows(pairs, plan.weights, joined=True))
         report = fit(policy, plan, len(dataset), lambda tmp: WeightedRewardTrainer(
-            model=policy, train_dataset=dataset, processing_class=model.tokenizer, args=trl_args(RewardConfig, tmp, self)))
+            model=policy, train_dataset=dataset, processing_class=model.tokenizer, args=trl_args(RewardConfig, tmp, self)),
+            "whose chosen or rejected text is longer than")  # TRL's RewardTrainer drops those
         return Trained("reward_model", policy, reference, model.tokenizer, report)

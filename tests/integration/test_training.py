@@ -244,6 +244,18 @@ def test_max_steps_sets_the_training_budget_whatever_the_number_of_pairs(study):
         DPO(max_steps=-1)
 
 
+@pytest.mark.parametrize("kind", ["dpo", "reward_model"])
+def test_a_max_length_that_no_pair_fits_is_an_error_naming_it(study, kind):
+    from anatomy.trainers.dpo import DPO
+    from anatomy.trainers.reward import RewardModel
+
+    data, model = study
+    trainer = DPO(max_steps=1) if kind == "dpo" else RewardModel(max_steps=1)
+    trainer.max_length = 8  # every prompt of the study is longer (TRL used to fail on torch.cat of nothing)
+    with pytest.raises(AnatomyError, match="dropped all 16 training pairs.*trainer.max_length=8"):
+        trainer.train(model, data.train[:16], Plan())
+
+
 # -- the whole loop: block markdown by reweighting ---------------------------------------------
 
 
