@@ -47,6 +47,7 @@ from anatomy.data.files import read_rows
 from anatomy.data.schema import PreferencePair, Probe, concept_sides
 from anatomy.errors import AnatomyError
 from anatomy.eval.scoring import ends, first_difference, response_logps, score, stop_logp
+from anatomy.models.base import responses_cut
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,13 @@ class Evaluate:
                     - score(model, tok, b, kind, self.max_length, self.batch_size))
 
         metrics: dict[str, float] = {}
+        texts = [(p.prompt, r) for p in heldout for r in (p.chosen, p.rejected)]
+        texts += [(p.prompt, r) for p in probes for r in (p.positive, p.negative)]
+        cut = responses_cut(tok, texts, self.max_length, eos=True)
+        metrics[f"{prefix}/responses_cut"] = float(cut)
+        if cut:
+            log.warning("eval: %d of %d held-out and probe responses are longer than eval.max_length=%d and are "
+                        "scored on their first tokens only; raise eval.max_length", cut, len(texts), self.max_length)
         if heldout:
             chosen = [(p.prompt, p.chosen) for p in heldout]
             rejected = [(p.prompt, p.rejected) for p in heldout]

@@ -45,6 +45,14 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, 
     return p + r, len(p)
 
 
+def responses_cut(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]], max_length: int,
+                  eos: bool = False) -> int:
+    """How many (prompt, response) texts `encode_pair` cuts into the response itself (its prompt is
+    cut first, so only responses longer than `max_length` lose tokens of their own)."""
+    extra = 1 if eos and tokenizer.eos_token_id is not None else 0
+    return sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) + extra > max_length for _, r in texts)
+
+
 def encode_batch(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]], max_length: int,
                  eos: bool = False):
     """(prompt, response) texts as one right-padded batch: input ids, attention mask, response mask

@@ -90,6 +90,13 @@ def test_response_logps_give_complete_and_continuation_scores_in_one_pass():
     # A text cut to max_length: the end token is still scored (the prompt is cut from the left first).
     (ids, logps), = response_logps(model, tok, texts[3:], max_length=12)
     assert stop_logp(ids, logps, tok.eos_token_id) < 0
+    # What the run reports as eval/responses_cut: texts whose response itself loses tokens.
+    from anatomy.models.base import responses_cut
+
+    n = len(tok(texts[1][1], add_special_tokens=False)["input_ids"])
+    assert responses_cut(tok, texts[1:2], max_length=n) == 0
+    assert responses_cut(tok, texts[1:2], max_length=n, eos=True) == 1  # the end token no longer fits
+    assert responses_cut(tok, texts[3:], max_length=12, eos=True) == 0  # only its prompt is cut
 
 
 def test_first_difference():
