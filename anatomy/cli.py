@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -33,6 +34,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class Run:
+    """The config's top-level keys (configs/config.yaml), checked like every node's."""
+
+    seed: int = 0  # seeds the data, the model, the SAE and every sampler
+    threads: int = 0  # torch CPU threads; 0 = all cores, shared among a parallel launcher's jobs
+    objective: str | None = None  # a metric the job returns to a sweeper
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     import torch
@@ -41,22 +51,25 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from anatomy.errors import AnatomyError
+    from anatomy.errors import AnatomyError, check_types
     from anatomy.outputs import summary, write_failure
     from anatomy.pipeline import run
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    threads = int(cfg.threads) or _threads_per_job(hydra_cfg)
-    if threads:
-        torch.set_num_threads(threads)
-    seed_everything(int(cfg.seed))
     out_dir = Path(hydra_cfg.runtime.output_dir)
     logger = instantiate(cfg.logger)
     logger.start(OmegaConf.to_container(cfg, resolve=True), out_dir)
     metrics, error = {}, None
     try:
+        check_types("", Run, {key: cfg.get(key) for key in ("seed", "threads", "objective")})
+        threads = int(cfg.threads) or _threads_per_job(hydra_cfg)
+        if threads:
+            torch.set_num_threads(threads)
+        seed_everything(int(cfg.seed))
         metrics = run(cfg, out_dir)
+        if cfg.objective and cfg.objective not in metrics:  # (the run's results are written by now)
+            raise AnatomyError(f"objective {cfg.objective!r} is not among this job's metrics")
     except Exception as err:  # recorded in the run folder; a sweep goes on with its next job
         error = err
         write_failure(out_dir, err)
@@ -71,8 +84,8 @@ def main(cfg: DictConfig) -> float | None:
     if error is None:
         print(summary(metrics, out_dir / "hypotheses.csv"))
     if cfg.objective:
-        if cfg.objective not in metrics:
-            raise AnatomyError(f"objective {cfg.objective!r} is not among this job's metrics")
+        if error is not None:
+            raise error  # a sweeper cannot go on without the job's objective
         return float(metrics[cfg.objective])
     return None
 

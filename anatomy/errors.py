@@ -31,7 +31,7 @@ def check_types(node: str, target: type, values: Mapping) -> None:
         return
     hints = typing.get_type_hints(target)
     for key, value in values.items():
-        if key in hints and (bad := _mismatch(value, hints[key], f"{node}.{key}")):
+        if key in hints and (bad := _mismatch(value, hints[key], f"{node}.{key}" if node else key)):
             where, hint, got = bad
             raise AnatomyError(f"config {where}: expected {_describe(hint)}, got {got!r} ({type(got).__name__})")
 

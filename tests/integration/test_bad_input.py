@@ -350,6 +350,13 @@ def _run_folders(tmp_path: Path) -> set[Path]:
     return {p.parent for p in (tmp_path / "outputs").glob("*/*/.hydra")}
 
 
+def test_a_top_level_key_of_the_wrong_type_is_a_message_not_a_traceback(tmp_path):
+    bad = _cli(tmp_path, "seed=abc")
+    assert bad.returncode == 1
+    assert "config seed: expected a whole number (int), got 'abc'" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
+
+
 @pytest.mark.slow
 def test_failing_run_overwrites_nothing(tmp_path):
     # The same small study as tests/integration/test_audit.py: its model and SAE are built once.
