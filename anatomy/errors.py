@@ -43,12 +43,14 @@ def _mismatch(value, hint, where: str) -> tuple[str, object, object] | None:
         fits = [_mismatch(value, arg, where) for arg in args]
         if any(f is None for f in fits):
             return None
-        inner = [f for f, arg in zip(fits, args) if f[1] is not arg]  # a container of the right kind
+        # The value is of one member's kind but wrong inside (a bad item of `list[float] | None`): name that item.
+        inner = [f for f, arg in zip(fits, args) if f[1] is not arg]
         return inner[0] if len(inner) == 1 else (where, hint, value)
     if hint is list or origin is list:
         if not isinstance(value, (list, tuple)):
             return where, hint, value
-        return next((bad for i, v in enumerate(value) if args and (bad := _mismatch(v, args[0], f"{where}[{i}]"))), None)
+        return next((bad for i, v in enumerate(value)
+                     if args and (bad := _mismatch(v, args[0], f"{where}[{i}]"))), None)
     if hint is dict or origin is dict:
         if not isinstance(value, Mapping):
             return where, hint, value
