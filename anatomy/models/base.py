@@ -49,8 +49,11 @@ def responses_cut(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str
                   eos: bool = False) -> int:
     """How many (prompt, response) texts `encode_pair` cuts into the response itself (its prompt is
     cut first, so only responses longer than `max_length` lose tokens of their own)."""
+    if not texts:
+        return 0
     extra = 1 if eos and tokenizer.eos_token_id is not None else 0
-    return sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) + extra > max_length for _, r in texts)
+    ids = tokenizer([r for _, r in texts], add_special_tokens=False)["input_ids"]  # one batched call
+    return sum(len(r) + extra > max_length for r in ids)
 
 
 def encode_batch(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]], max_length: int,
