@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("anatomy")
@@ -88,6 +90,25 @@ def main(cfg: DictConfig) -> float | None:
             raise error  # a sweeper cannot go on without the job's objective
         return float(metrics[cfg.objective])
     return None
+
+
+class FailedJobs(Callback):
+    """At the end of a sweep: how many of its jobs failed (each left its error.txt), and exit status 1
+    if any did. The sweep itself goes on past a failed job (`main`)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.start = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        def now(path: Path) -> bool:  # written by this sweep, not by an earlier one into the same folder
+            return path.exists() and path.stat().st_mtime >= self.start
+
+        mine = [p.parent for p in sweep.rglob(".hydra") if now(p)]
+        failed = sorted(str(job) for job in mine if now(job / "error.txt"))
+        if failed:
+            log.error("%d of %d jobs failed, each with its error.txt: %s", len(failed), len(mine), ", ".join(failed))
+            raise SystemExit(1)
 
 
 def _threads_per_job(hydra_cfg) -> int:
