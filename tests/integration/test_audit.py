@@ -106,6 +106,15 @@ def test_featurize_batches_by_length_and_stores_in_pair_order(default_audit):
         assert abs(pooled[:, f].max() - small.top_values[0, f]) < 1e-4
 
 
+def test_responses_cut_by_featurize_max_length_are_counted(default_audit, tmp_path, caplog):
+    metrics, _ = default_audit
+    assert metrics["featurize/responses_at_max_length"] == 0  # every response of the study fits 256 tokens
+    with caplog.at_level("WARNING"):
+        cut, _ = run_study(tmp_path, *SMALL, *AUDIT, "featurize.max_length=8")  # every response is longer
+    assert cut["featurize/responses_at_max_length"] == 2 * cut["data/train"]
+    assert "fill all featurize.max_length=8 tokens" in caplog.text
+
+
 def test_same_config_same_numbers(default_audit, tmp_path):
     metrics, out = default_audit
     again, out2 = run_study(tmp_path, *SMALL, *AUDIT)

@@ -403,6 +403,7 @@ def test_the_run_folder_has_metrics_and_the_trained_model(reweighted, study):
         assert key in on_disk and np.isfinite(on_disk[key]), key
         assert on_disk[key] == pytest.approx(metrics[key])
     assert on_disk["eval/heldout_accuracy_before"] == 0.5  # every implicit margin is 0 before training
+    assert on_disk["eval/responses_cut"] == 0  # every held-out and probe response fits eval.max_length
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert n_hooks(model) == 0
     with torch.no_grad():
