@@ -72,6 +72,10 @@ def main(cfg: DictConfig) -> float | None:
         metrics = run(cfg, out_dir)
         if cfg.objective and cfg.objective not in metrics:  # (the run's results are written by now)
             raise AnatomyError(f"objective {cfg.objective!r} is not among this job's metrics")
+    except KeyboardInterrupt as err:  # stopped by hand: recorded as such (not as a finished run); a sweep stops too
+        error = err
+        write_failure(out_dir, err)
+        raise
     except Exception as err:  # recorded in the run folder; a sweep goes on with its next job
         error = err
         write_failure(out_dir, err)

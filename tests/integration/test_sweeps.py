@@ -1,5 +1,5 @@
 """Studies as sweeps: the stage cache across jobs, W&B read-back, reproduction from a run's saved
-config, failures that do not stop a sweep, an interrupted sweep resumed, and the sweep report.
+config, failures that do not stop a sweep, a run stopped by hand, an interrupted sweep resumed, and the sweep report.
 These run the real `anatomy` command in subprocesses, on the small study (its model and SAE come
 from the session's stage cache)."""
 
@@ -130,6 +130,30 @@ def test_interrupted_sweep_resumes_from_the_cache(tmp_path):
         m = metrics(tmp_path / "resumed" / str(job))
         assert m["cache/model"] == 1.0 and m["cache/sae"] == 1.0 and m["cache/features"] == 1.0
     assert STABLE(metrics(tmp_path / "resumed" / "0")) == STABLE(metrics(tmp_path / "killed" / "0"))
+
+
+def test_a_run_stopped_by_hand_is_recorded_as_interrupted(tmp_path):
+    # Ctrl-C while the model pretrains (its own cache, so there is a model to build): the run folder
+    # says so in error.txt, and the W&B run is closed as failed, not as a finished run.
+    env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "ANATOMY_CACHE": str(tmp_path / "cache")}
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "anatomy.cli", *SMALL, *AUDIT, "logger=wandb",
+                             "model.train_steps=100000", f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log, deadline = run_dir / "cli.log", time.time() + 300
+    while not (log.exists() and "stage model" in log.read_text()):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its model stage"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) != 0
+    assert (run_dir / "error.txt").read_text().startswith("KeyboardInterrupt")
+    assert not (run_dir / "hypotheses.csv").exists()
+    (offline,) = run_dir.glob("wandb/offline-run-*")
+    read = subprocess.run([str(Path(sys.executable).with_name("wandb")), "leet", "inspect", "--summary", "--json",
+                           str(offline)], capture_output=True, text=True, timeout=120)
+    assert json.loads(read.stdout)["summary"]["error"].startswith("KeyboardInterrupt")
 
 
 def test_report_gathers_a_sweep(tmp_path):
