@@ -223,6 +223,8 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, ou
             plan.report.update(edit_energy(model, plan.edits, data.train))
     metrics.update(plan.report)
     metrics.update(planted_balance(data.train, plan.weights))  # synthetic data: the plan against the truth
+    if not isinstance(stages.eval, NoEval):  # what eval.max_length will cut, said before training
+        metrics.update(stages.eval.count_cut(model.tokenizer, data.heldout, probes))
     with timer("train"):
         trained = stages.trainer.train(model, data.train, plan)
     metrics.update(trained.report)

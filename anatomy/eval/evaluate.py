@@ -106,6 +106,17 @@ class Evaluate:
                         "no per-concept shifts will be measured")
         return probes
 
+    def count_cut(self, tokenizer, heldout: list[PreferencePair], probes: list[Probe]) -> dict[str, float]:
+        """`eval/responses_cut`: the held-out and probe responses longer than `max_length`, which are
+        scored on their first tokens only (warned about). Counted once, before any training."""
+        texts = [(p.prompt, r) for p in heldout for r in (p.chosen, p.rejected)]
+        texts += [(p.prompt, r) for p in probes for r in (p.positive, p.negative)]
+        cut = responses_cut(tokenizer, texts, self.max_length, eos=True)
+        if cut:
+            log.warning("eval: %d of %d held-out and probe responses are longer than eval.max_length=%d and will be "
+                        "scored on their first tokens only; raise eval.max_length", cut, len(texts), self.max_length)
+        return {"eval/responses_cut": float(cut)}
+
     def run(self, trained, heldout: list[PreferencePair], probes: list[Probe], table: pd.DataFrame,
             prefix: str = "eval") -> dict[str, float]:
         """`measure`, then `compare` with the audit's predictions."""
@@ -121,13 +132,6 @@ class Evaluate:
                     - score(model, tok, b, kind, self.max_length, self.batch_size))
 
         metrics: dict[str, float] = {}
-        texts = [(p.prompt, r) for p in heldout for r in (p.chosen, p.rejected)]
-        texts += [(p.prompt, r) for p in probes for r in (p.positive, p.negative)]
-        cut = responses_cut(tok, texts, self.max_length, eos=True)
-        metrics[f"{prefix}/responses_cut"] = float(cut)
-        if cut:
-            log.warning("eval: %d of %d held-out and probe responses are longer than eval.max_length=%d and are "
-                        "scored on their first tokens only; raise eval.max_length", cut, len(texts), self.max_length)
         if heldout:
             chosen = [(p.prompt, p.chosen) for p in heldout]
             rejected = [(p.prompt, p.rejected) for p in heldout]
