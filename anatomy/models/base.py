@@ -35,9 +35,7 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, 
     Over `max_length`, the prompt is cut from the left first, then the response from the right.
     """
     p = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
-    r = tokenizer(response, add_special_tokens=False)["input_ids"]
-    if eos and tokenizer.eos_token_id is not None:
-        r = r + [tokenizer.eos_token_id]
+    (r,) = response_ids(tokenizer, [response], eos)
     if not p and tokenizer.bos_token_id is not None:
         p = [tokenizer.bos_token_id]
     r = r[:max_length]
@@ -45,15 +43,19 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, 
     return p + r, len(p)
 
 
+def response_ids(tokenizer: PreTrainedTokenizerBase, responses: list[str], eos: bool = False) -> list[list[int]]:
+    """Each response's token ids as `encode_pair` reads it: no special tokens, then (with `eos`) the
+    end-of-sequence token. One batched call."""
+    ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"] if responses else []
+    end = [tokenizer.eos_token_id] if eos and tokenizer.eos_token_id is not None else []
+    return [list(r) + end for r in ids]
+
+
 def responses_cut(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]], max_length: int,
                   eos: bool = False) -> int:
     """How many (prompt, response) texts `encode_pair` cuts into the response itself (its prompt is
     cut first, so only responses longer than `max_length` lose tokens of their own)."""
-    if not texts:
-        return 0
-    extra = 1 if eos and tokenizer.eos_token_id is not None else 0
-    ids = tokenizer([r for _, r in texts], add_special_tokens=False)["input_ids"]  # one batched call
-    return sum(len(r) + extra > max_length for r in ids)
+    return sum(len(r) > max_length for r in response_ids(tokenizer, [r for _, r in texts], eos))
 
 
 def encode_batch(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]], max_length: int,
