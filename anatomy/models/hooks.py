@@ -1,7 +1,9 @@
 """Hook points named the TransformerLens way, on any Hugging Face causal LM.
 
 `blocks.L.hook_resid_pre` is the residual stream entering decoder layer L, `blocks.L.hook_resid_post`
-the stream leaving it. The same named hooks read activations for the audit and (next) edit them
+the stream leaving it; `blocks.L.hook_attn_out` and `blocks.L.hook_mlp_out` are what the layer's
+attention and MLP write into it (so resid_post = resid_pre + attn_out + mlp_out in a pre-norm
+layer). The same named hooks read activations for the audit and (next) edit them
 during training, because they sit on the Hugging Face modules that TRL trains.
 
     with hooks(model, {"blocks.1.hook_resid_post": lambda act: act * 0}):
@@ -19,7 +21,10 @@ from torch import nn
 
 from anatomy.errors import AnatomyError
 
-HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post)$")
+HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)$")
+POINTS = "blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out or blocks.L.hook_mlp_out"
+# The attribute that holds a decoder layer's attention / MLP, across Hugging Face architectures.
+SUBMODULES = {"attn_out": ("self_attn", "attn", "attention", "self_attention"), "mlp_out": ("mlp", "feed_forward", "ffn")}
 # sae-lens names a hook on an AutoModelForCausalLM by module path: the layer's output.
 HF_LAYER_RE = re.compile(r"^(?:model\.layers|transformer\.h|gpt_neox\.layers|model\.decoder\.layers)\.(\d+)$")
 
@@ -33,12 +38,10 @@ def canonical_hook_name(name: str) -> str:
 
 
 def parse_hook(name: str, n_layers: int) -> tuple[int, str]:
-    """(layer, 'resid_pre' | 'resid_post'), or an error naming the valid hook points."""
+    """(layer, 'resid_pre' | 'resid_post' | 'attn_out' | 'mlp_out'), or an error naming the valid points."""
     match = HOOK_RE.match(canonical_hook_name(name))
     if not match:
-        raise AnatomyError(
-            f"unsupported hook point {name!r}: use blocks.L.hook_resid_pre or blocks.L.hook_resid_post"
-        )
+        raise AnatomyError(f"unsupported hook point {name!r}: use {POINTS}")
     layer = int(match.group(1))
     if layer >= n_layers:
         raise AnatomyError(f"hook {name!r}: layer {layer} does not exist; the model has layers 0..{n_layers - 1}")
@@ -52,6 +55,17 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if not candidates:
         raise AnatomyError(f"cannot find the decoder layers of {type(model).__name__}")
     return max(candidates, key=len)
+
+
+def submodule(layer: nn.Module, point: str) -> nn.Module:
+    """The layer's attention (`attn_out`) or MLP (`mlp_out`) module, whose output is that hook point."""
+    for attr in SUBMODULES[point]:
+        if isinstance(getattr(layer, attr, None), nn.Module):
+            return getattr(layer, attr)
+    raise AnatomyError(
+        f"hook_{point}: {type(layer).__name__} has none of the attributes {', '.join(SUBMODULES[point])}; "
+        "use blocks.L.hook_resid_pre or blocks.L.hook_resid_post on this model"
+    )
 
 
 def _replace(output, new):
@@ -68,14 +82,15 @@ def hooks(model: nn.Module, fns: dict[str, HookFn]):
     try:
         for name, fn in fns.items():
             layer, point = parse_hook(name, len(layers))
-            if point == "resid_post":
+            if point != "resid_pre":  # an output: the layer's, or its attention's / MLP's
 
                 def post(module, args, output, fn=fn):
                     act = output[0] if isinstance(output, tuple) else output
                     new = fn(act)
                     return None if new is None else _replace(output, new)
 
-                handles.append(layers[layer].register_forward_hook(post))
+                module = layers[layer] if point == "resid_post" else submodule(layers[layer], point)
+                handles.append(module.register_forward_hook(post))
             else:
 
                 def pre(module, args, kwargs, fn=fn):

@@ -681,7 +681,8 @@ def ids():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("point", ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", "model.layers.0"])
+@pytest.mark.parametrize("point", ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", "model.layers.0",
+                                   "blocks.0.hook_attn_out", "blocks.1.hook_mlp_out"])
 def test_hook_edit_changes_logits_and_is_removed(llama, ids, point):
     assert n_hooks(llama) == 0
     before = llama(input_ids=ids).logits
@@ -741,8 +742,56 @@ def test_hooks_are_removed_when_a_later_hook_name_is_bad(llama):
             pass
     assert n_hooks(llama) == 0
     with pytest.raises(AnatomyError, match="unsupported hook point"):
-        with hooks(llama, {"blocks.0.hook_mlp_out": lambda a: a}):
+        with hooks(llama, {"blocks.0.hook_mlp_out": lambda a: a, "blocks.0.hook_mlp_post": lambda a: a}):
             pass
+    assert n_hooks(llama) == 0
+
+
+def tiny_causal_lm(arch: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=16)).eval()
+    config = GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, max_position_embeddings=16)
+    return GPTNeoXForCausalLM(config).eval()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_resid_post_is_resid_pre_plus_attn_out_plus_mlp_out(llama, ids, arch):
+    """The attention and MLP outputs are what the layer adds to the stream, on three architectures."""
+    model = llama if arch == "llama" else tiny_causal_lm(arch)
+    got = {}
+
+    def grab(key):
+        def fn(act):
+            got[key] = act.clone()
+        return fn
+
+    points = ["resid_pre", "attn_out", "mlp_out", "resid_post"]
+    with hooks(model, {f"blocks.1.hook_{p}": grab(p) for p in points}):
+        model(input_ids=ids)
+    assert all(got[p].shape == (2, 7, 32) for p in points)
+    assert torch.allclose(got["resid_pre"] + got["attn_out"] + got["mlp_out"], got["resid_post"], atol=1e-5)
+    # zeroing the MLP's output leaves the stream as attention left it
+    with hooks(model, {"blocks.1.hook_mlp_out": lambda a: a * 0, "blocks.1.hook_resid_post": grab("cut")}):
+        model(input_ids=ids)
+    assert torch.allclose(got["cut"], got["resid_pre"] + got["attn_out"], atol=1e-5)
+    assert n_hooks(model) == 0
+
+
+def test_a_layer_without_an_mlp_attribute_is_a_clear_error(llama):
+    layer = llama.model.layers[0]
+    mlp = layer.mlp
+    try:
+        del layer.mlp
+        with pytest.raises(AnatomyError, match="has none of the attributes mlp, feed_forward, ffn"):
+            with hooks(llama, {"blocks.1.hook_resid_post": lambda a: a, "blocks.0.hook_mlp_out": lambda a: a}):
+                pass
+    finally:
+        layer.mlp = mlp
     assert n_hooks(llama) == 0
 
 
