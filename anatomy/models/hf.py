@@ -40,7 +40,7 @@ class HFModel:
     name: str = "EleutherAI/pythia-70m"  # hub id or local folder
     revision: str | None = None  # hub revision (branch, tag or commit); None = default branch
     dtype: str = "float32"  # torch dtype of the weights: float32 | bfloat16 | float16
-    device: str = "cpu"  # torch device for the audit's forward passes
+    device: str = "cpu"  # torch device for the audit, training (TRL) and evaluation, e.g. cuda
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16", "float16"):

@@ -139,6 +139,7 @@ class DPO:
         report = fit(policy, plan, len(dataset), lambda tmp: WeightedDPOTrainer(
             model=policy, ref_model=reference, train_dataset=dataset, processing_class=model.tokenizer,
             cache_reference=True,
-            args=trl_args(DPOConfig, tmp, self, beta=self.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"])),
+            args=trl_args(DPOConfig, tmp, self, policy, beta=self.beta, precompute_ref_log_probs=True,
+                          loss_type=["sigmoid"])),
             TOO_LONG)
         return Trained("dpo", policy, reference, model.tokenizer, report)

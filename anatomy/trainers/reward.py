@@ -58,10 +58,11 @@ class RewardModel:
         from datasets import Dataset
 
         torch.manual_seed(self.seed)
-        policy = load_reward_model(model.path, model.tokenizer)
+        policy = load_reward_model(model.path, model.tokenizer).to(next(model.model.parameters()).device)
         reference = frozen_copy(policy)  # the untrained reward model, same head initialisation
         dataset = Dataset.from_list(weighted_rows(pairs, plan.weights, joined=True))
         report = fit(policy, plan, len(dataset), lambda tmp: WeightedRewardTrainer(
-            model=policy, train_dataset=dataset, processing_class=model.tokenizer, args=trl_args(RewardConfig, tmp, self)),
+            model=policy, train_dataset=dataset, processing_class=model.tokenizer,
+            args=trl_args(RewardConfig, tmp, self, policy)),
             "whose chosen or rejected text is longer than")  # TRL's RewardTrainer drops those
         return Trained("reward_model", policy, reference, model.tokenizer, report)

@@ -80,7 +80,8 @@ def _dpo_trainer(model, pairs, out_dir):
     policy = frozen_copy(model.model)
     for p in policy.parameters():
         p.requires_grad_(True)
-    args = trl_args(DPOConfig, str(out_dir), dpo, beta=dpo.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"])
+    args = trl_args(DPOConfig, str(out_dir), dpo, policy, beta=dpo.beta, precompute_ref_log_probs=True,
+                    loss_type=["sigmoid"])
     trainer = WeightedDPOTrainer(model=policy, ref_model=reference, args=args,
                                  train_dataset=Dataset.from_list(weighted_rows(pairs, None)),
                                  processing_class=model.tokenizer)
@@ -242,6 +243,22 @@ def test_max_steps_sets_the_training_budget_whatever_the_number_of_pairs(study):
     assert trained.report["train/steps"] == 3.0  # 16 pairs, 8 per step: 1 epoch would be 2 steps
     with pytest.raises(AnatomyError, match="max_steps"):
         DPO(max_steps=-1)
+
+
+@pytest.mark.parametrize("kind", ["dpo", "reward_model"])
+def test_training_runs_where_the_policys_weights_are(tmp_path, kind):
+    """TRL is told to use the CPU only for a policy on the CPU; a policy elsewhere (a GPU for a user;
+    here the meta device, as this machine has no GPU) trains there, not silently on the CPU."""
+    from trl import DPOConfig, RewardConfig
+
+    from anatomy.trainers.common import trl_args
+    from anatomy.trainers.dpo import DPO
+    from anatomy.trainers.reward import RewardModel
+
+    config_class, cfg = (DPOConfig, DPO()) if kind == "dpo" else (RewardConfig, RewardModel())
+    on_cpu = trl_args(config_class, str(tmp_path), cfg, torch.nn.Linear(2, 2))
+    elsewhere = trl_args(config_class, str(tmp_path), cfg, torch.nn.Linear(2, 2, device="meta"))
+    assert on_cpu.use_cpu is True and elsewhere.use_cpu is False
 
 
 @pytest.mark.parametrize("kind", ["dpo", "reward_model"])
