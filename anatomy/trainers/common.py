@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -75,11 +75,14 @@ def trl_args(config_class, out_dir: str, cfg, policy: torch.nn.Module, **extra):
     """TRL's arguments for `cfg` (a trainer option); training runs where the policy's weights are
     (`use_cpu` only when they are on the CPU, so a model loaded on a GPU trains there)."""
     on_cpu = next(policy.parameters()).device.type == "cpu"
+    # TRL turns checkpointing on by default; transformers 5 renamed the key (the old one warns)
+    names = {f.name for f in fields(config_class)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     return config_class(
         output_dir=out_dir, per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, max_length=cfg.max_length, seed=cfg.seed, data_seed=cfg.seed,
         report_to=[], save_strategy="no", logging_steps=10, use_cpu=on_cpu, dataloader_num_workers=0,
-        lr_scheduler_type="linear", warmup_steps=0, bf16=False, fp16=False, gradient_checkpointing=False,
+        lr_scheduler_type="linear", warmup_steps=0, bf16=False, fp16=False, **{checkpointing: False},
         **extra,
     )
 

@@ -18,6 +18,7 @@ accuracies are not 80-pair coin flips), with each measured value in a comment:
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -246,7 +247,7 @@ def test_max_steps_sets_the_training_budget_whatever_the_number_of_pairs(study):
 
 
 @pytest.mark.parametrize("kind", ["dpo", "reward_model"])
-def test_training_runs_where_the_policys_weights_are(tmp_path, kind):
+def test_training_runs_where_the_policys_weights_are_without_checkpointing(tmp_path, kind):
     """TRL is told to use the CPU only for a policy on the CPU; a policy elsewhere (a GPU for a user;
     here the meta device, as this machine has no GPU) trains there, not silently on the CPU."""
     from trl import DPOConfig, RewardConfig
@@ -256,9 +257,12 @@ def test_training_runs_where_the_policys_weights_are(tmp_path, kind):
     from anatomy.trainers.reward import RewardModel
 
     config_class, cfg = (DPOConfig, DPO()) if kind == "dpo" else (RewardConfig, RewardModel())
-    on_cpu = trl_args(config_class, str(tmp_path), cfg, torch.nn.Linear(2, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated key (transformers 5's checkpointing rename)
+        on_cpu = trl_args(config_class, str(tmp_path), cfg, torch.nn.Linear(2, 2))
     elsewhere = trl_args(config_class, str(tmp_path), cfg, torch.nn.Linear(2, 2, device="meta"))
     assert on_cpu.use_cpu is True and elsewhere.use_cpu is False
+    assert on_cpu.gradient_checkpointing is False  # TRL's default is on
 
 
 @pytest.mark.parametrize("kind", ["dpo", "reward_model"])
