@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,29 @@ class FailedJobs(Callback):
         failed = sorted(str(job) for job in mine if now(job / "error.txt"))
         if failed:
             log.error("%d of %d jobs failed, each with its error.txt: %s", len(failed), len(mine), ", ".join(failed))
+            raise SystemExit(1)
+
+
+class FreshFolder(Callback):
+    """Before a run or a sweep: refuse a folder that already holds an earlier one's record, before
+    Hydra writes anything there. Hydra would overwrite its `.hydra/` (the record of that run) and the
+    new results would mix with the old ones. The default folders are unique to the microsecond, so
+    only a folder named by hand (`hydra.run.dir=`, `hydra.sweep.dir=`) can meet this."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._refuse("hydra.run.dir", config.hydra.run.dir, (".hydra", "metrics.json", "error.txt"), "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._refuse("hydra.sweep.dir", config.hydra.sweep.dir, ("multirun.yaml",), "sweep")
+
+    @staticmethod
+    def _refuse(key: str, folder: str, records: tuple[str, ...], what: str) -> None:
+        found = [name for name in records if (Path(folder) / name).exists()]
+        if found:
+            record = found[0]
+            print(f"{key}={folder} already holds an earlier {what} (its {record}); a new one there would "
+                  f"overwrite that record and mix its results with the new ones. Set {key} to a new "
+                  "folder, or move the earlier one away.", file=sys.stderr)
             raise SystemExit(1)
 
 

@@ -357,6 +357,27 @@ def test_a_top_level_key_of_the_wrong_type_is_a_message_not_a_traceback(tmp_path
     assert "Traceback" not in bad.stdout + bad.stderr
 
 
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_a_folder_that_holds_an_earlier_run_is_refused_before_anything_is_written(tmp_path, mode):
+    """`hydra.run.dir=` / `hydra.sweep.dir=` set by hand to an earlier run's folder: Hydra would
+    overwrite that run's record (.hydra/) and the results would mix; the command refuses instead."""
+    earlier = tmp_path / "earlier"
+    record = {".hydra/config.yaml": "seed: 7\n", "metrics.json": '{"eval/heldout_accuracy": 0.9}\n'}
+    if mode == "sweep":
+        record = {"multirun.yaml": "hydra: {}\n", **{f"0/{name}": text for name, text in record.items()}}
+    for name, text in record.items():
+        (earlier / name).parent.mkdir(parents=True, exist_ok=True)
+        (earlier / name).write_text(text)
+    args = ("-m", "seed=0,1", f"hydra.sweep.dir={earlier}") if mode == "sweep" else (f"hydra.run.dir={earlier}",)
+    done = _cli(tmp_path, *args)
+    assert done.returncode == 1
+    key, what = ("hydra.sweep.dir", "sweep (its multirun.yaml)") if mode == "sweep" else ("hydra.run.dir", "run (its .hydra)")
+    assert f"{key}={earlier} already holds an earlier {what}" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    on_disk = {str(p.relative_to(earlier)): p.read_text() for p in earlier.rglob("*") if p.is_file()}
+    assert on_disk == record  # nothing written, nothing changed (no cli.log, no new .hydra files)
+
+
 @pytest.mark.slow
 def test_failing_run_overwrites_nothing(tmp_path):
     # The same small study as tests/integration/test_audit.py: its model and SAE are built once.
