@@ -126,7 +126,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         model, hit = stages.model.load(texts)
     metrics["cache/model"] = float(hit)
     with timer("sae"):
-        sae, hit = stages.sae.load(model, texts, model.path)
+        sae, hit = stages.sae.load(model, texts, model.key)
     metrics["cache/sae"] = float(hit)
     metrics.update({"sae/d_sae": float(sae.d_sae), "sae/d_in": float(sae.d_in)})
     with timer("features"):
@@ -261,7 +261,7 @@ def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], boo
         (folder / "metrics.json").write_text(json.dumps(measured, indent=1, sort_keys=True))
 
     texts = hashlib.sha256(repr((data.train, data.heldout, probes)).encode()).hexdigest()
-    key = {"trainer": asdict(stages.trainer), "model": model.path, "data": texts, "eval": asdict(stages.eval),
+    key = {"trainer": asdict(stages.trainer), "model": model.key, "data": texts, "eval": asdict(stages.eval),
            "code": stage_code(type(stages.trainer).__module__, type(stages.eval).__module__)}
     folder, hit = cached_dir("baseline", key, build)
     return json.loads((folder / "metrics.json").read_text()), hit

@@ -23,6 +23,11 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     spec: ModelSpec
     path: str  # hub name or folder it was loaded from
+    revision: str | None = None  # the hub revision it was loaded at (None: the default branch, or a folder)
+    key: str = ""  # what the stage cache knows these weights by (SAE, features, baseline); default: path
+
+    def __post_init__(self):
+        self.key = self.key or self.path
 
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int,

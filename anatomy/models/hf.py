@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -30,7 +33,36 @@ def load_pretrained(name: str, revision: str | None = None, dtype: str = "float3
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=getattr(torch, dtype))
     model.to(device).eval()
-    return LoadedModel(model, tokenizer, model_spec(name, revision), name)
+    key = weights_key(name, revision, hub_commit(name, revision), dtype)
+    return LoadedModel(model, tokenizer, model_spec(name, revision), name, revision, key)
+
+
+def hub_commit(name: str, revision: str | None) -> str | None:
+    """The commit a hub model's files were loaded from: the local hub cache's ref for the revision
+    (a revision that is already a commit has no ref, and is its own answer)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    if Path(name).is_dir():  # a local folder: no hub commit
+        return None
+    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="model")
+    ref = repo / "refs" / (revision or "main")
+    return ref.read_text().strip() if ref.is_file() else revision
+
+
+def weights_key(name: str, revision: str | None, commit: str | None, dtype: str) -> str:
+    """What the stage cache knows a pretrained model by: a local folder by its path and each file's
+    size and modification time, a hub model by its name, revision and the commit its files came from;
+    and the dtype. So a folder saved over with new weights, or another revision, never meets the SAE,
+    features or baseline cached for the old ones."""
+    folder = Path(name)
+    if folder.is_dir():
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+        source: dict = {"folder": str(folder.resolve()), "files": files}
+    else:
+        source = {"hub": name, "revision": revision, "commit": commit}
+    digest = hashlib.sha256(json.dumps({**source, "dtype": dtype}, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{name}@{digest}"
 
 
 @dataclass

@@ -24,7 +24,8 @@ from anatomy.errors import AnatomyError
 HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)$")
 POINTS = "blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out or blocks.L.hook_mlp_out"
 # The attribute that holds a decoder layer's attention / MLP, across Hugging Face architectures.
-SUBMODULES = {"attn_out": ("self_attn", "attn", "attention", "self_attention"), "mlp_out": ("mlp", "feed_forward", "ffn")}
+SUBMODULES = {"attn_out": ("self_attn", "attn", "attention", "self_attention"),
+              "mlp_out": ("mlp", "feed_forward", "ffn")}
 # sae-lens names a hook on an AutoModelForCausalLM by module path: the layer's output.
 HF_LAYER_RE = re.compile(r"^(?:model\.layers|transformer\.h|gpt_neox\.layers|model\.decoder\.layers)\.(\d+)$")
 

@@ -30,11 +30,13 @@ class WeightedRewardTrainer(WeightColumn, RewardTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def load_reward_model(path: str, tokenizer):
+def load_reward_model(lm):
+    """A one-logit sequence-classification head on the LM's own weights (same revision and dtype)."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
+    model = AutoModelForSequenceClassification.from_pretrained(lm.path, num_labels=1, revision=lm.revision,
+                                                               dtype=lm.model.dtype)
+    model.config.pad_token_id = lm.tokenizer.pad_token_id
     return model
 
 
@@ -58,7 +60,7 @@ class RewardModel:
         from datasets import Dataset
 
         torch.manual_seed(self.seed)
-        policy = load_reward_model(model.path, model.tokenizer).to(next(model.model.parameters()).device)
+        policy = load_reward_model(model).to(next(model.model.parameters()).device)
         reference = frozen_copy(policy)  # the untrained reward model, same head initialisation
         dataset = Dataset.from_list(weighted_rows(pairs, plan.weights, joined=True))
         report = fit(policy, plan, len(dataset), lambda tmp: WeightedRewardTrainer(

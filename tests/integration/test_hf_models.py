@@ -1,0 +1,129 @@
+"""`model=hf` end to end on local folders written with `save_pretrained`, as a user's hub model loads.
+
+The default study's tiny LM is a Llama. These tests build random, untrained GPT-NeoX (Pythia's
+architecture) and GPT-2 models with a BPE tokenizer trained on the synthetic texts, save them, and
+run the whole loop through `HFModel` (`AutoModelForCausalLM.from_pretrained` on the folder): an SAE
+trained at an attention or MLP output, a feature intervention inside TRL training, evaluation, and
+the trained model saved. They check the plumbing on other architectures, not what is learned.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import AUDIT, run_study
+
+N_PAIRS = 400
+
+
+def save_random_lm(folder: Path, arch: str) -> Path:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+    from anatomy.data.synthetic import SyntheticData
+
+    data = SyntheticData(n_pairs=N_PAIRS).load()
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator((t for p in data.train for t in (p.prompt, p.chosen, p.rejected)), vocab_size=1024,
+                            special_tokens=["<|endoftext|>", "<pad>"], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<pad>")
+    ids = {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    torch.manual_seed(0)
+    if arch == "gpt_neox":
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                 num_attention_heads=2, max_position_embeddings=256, **ids))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=256, **ids))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("arch,point,trainer,intervention", [
+    ("gpt_neox", "mlp_out", "dpo", "feature_ablation"),
+    ("gpt2", "attn_out", "reward_model", "feature_steering"),
+])
+def test_a_local_hf_model_runs_the_whole_loop(tmp_path, arch, point, trainer, intervention):
+    folder = save_random_lm(tmp_path / arch, arch)
+    hook = f"blocks.1.hook_{point}"
+    study = ("model=hf", f"model.name={folder}", f"data.n_pairs={N_PAIRS}", f"sae.hook={hook}",
+             "sae.training_tokens=100000")
+    # As a user would: audit first, then block what the audit found (here its three strongest hypotheses).
+    audit, out = run_study(tmp_path / "audit", *study, *AUDIT)
+    header = (out / "hypotheses.md").read_text()
+    assert f"model `{folder}`" in header and f"at `{hook}`" in header
+    table = pd.read_csv(out / "hypotheses.csv")
+    strongest = table[table["significant"]].sort_values("q_value")["feature"].head(3).tolist()
+    assert len(strongest) == 3, "the audit of a random model found fewer than 3 significant features"
+    metrics, out = run_study(tmp_path / "run", *study, f"select.block=[{','.join(map(str, strongest))}]",
+                             f"trainer={trainer}", "trainer.max_steps=4", f"intervention={intervention}")
+    assert metrics["cache/sae"] == 1.0 and metrics["cache/features"] == 1.0  # the audit's, reused
+    assert metrics["intervention/n_directions"] == 3
+    assert 0 < metrics[f"intervention/edit_energy/{hook}"] < 1
+    assert metrics["train/steps"] == 4.0
+    assert 0 <= metrics["eval/heldout_accuracy"] <= 1 and "eval/shift/markdown" in metrics
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["model_type"] == arch
+    assert saved["architectures"] == (["GPTNeoXForCausalLM"] if trainer == "dpo" else ["GPT2ForSequenceClassification"])
+
+
+def test_a_folder_saved_over_with_new_weights_is_audited_anew(tmp_path):
+    """The stage cache knows a local model by its files, not only its path: after the folder is saved
+    over (a user's retrained checkpoint), the SAE and features are built again, not served stale."""
+    folder = save_random_lm(tmp_path / "lm", "gpt_neox")
+    study = ("model=hf", f"model.name={folder}", f"data.n_pairs={N_PAIRS}", "sae.hook=blocks.1.hook_resid_post",
+             "sae.training_tokens=50000", *AUDIT)
+    first, _ = run_study(tmp_path / "first", *study)
+    again, _ = run_study(tmp_path / "again", *study)
+    assert (again["cache/sae"], again["cache/features"]) == (1.0, 1.0)  # same weights: reused
+    assert again["audit/n_significant"] == first["audit/n_significant"]
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    model.save_pretrained(folder)  # the same path, new weights
+    retrained, _ = run_study(tmp_path / "retrained", *study)
+    assert (retrained["cache/sae"], retrained["cache/features"]) == (0.0, 0.0)
+
+
+def test_the_weights_key_follows_files_revision_commit_and_dtype(tmp_path):
+    from anatomy.models.hf import weights_key
+
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"0" * 10)
+    key = weights_key(str(folder), None, None, "float32")
+    assert key == weights_key(str(folder), None, None, "float32")
+    assert key != weights_key(str(folder), None, None, "bfloat16")
+    (folder / "model.safetensors").write_bytes(b"0" * 11)
+    assert key != weights_key(str(folder), None, None, "float32")
+    hub = weights_key("org/model", None, "abc", "float32")
+    assert hub != weights_key("org/model", "v2", "abc", "float32")
+    assert hub != weights_key("org/model", None, "def", "float32")
+
+
+def test_a_hub_model_is_known_by_the_commit_its_files_came_from(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from anatomy.models.hf import hub_commit
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    refs = tmp_path / "models--org--model" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("abc123\n")
+    assert hub_commit("org/model", None) == "abc123"
+    (refs / "main").write_text("def456\n")  # the branch moved on, and a new download followed it
+    assert hub_commit("org/model", None) == "def456"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert hub_commit("org/model", commit) == commit  # a commit has no ref: it is its own answer
+    assert hub_commit("org/other", None) is None  # not in the cache
+    assert hub_commit(str(tmp_path), None) is None  # a local folder
