@@ -49,8 +49,14 @@ class HHRLHFData:
             return read_rows(self.path, "jsonl"), self.path
         from datasets import load_dataset
 
-        ds = load_dataset(self.hub_name, data_dir=self.data_dir, split=self.split)
-        return list(ds), f"{self.hub_name}/{self.data_dir}:{self.split}"
+        source = f"{self.hub_name}/{self.data_dir}:{self.split}"
+        try:
+            ds = load_dataset(self.hub_name, data_dir=self.data_dir, split=self.split)
+        except Exception as err:  # unreachable hub, unknown name / subset / split: all say the same to the user
+            raise AnatomyError(f"data: cannot load {source} from the hub ({type(err).__name__}: {err}); "
+                               "check data.hub_name, data.data_dir and data.split, or set data.path to a local "
+                               ".jsonl(.gz) file") from err
+        return list(ds), source
 
     def load(self) -> PreferenceData:
         raw, source = self._rows()

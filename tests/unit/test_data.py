@@ -541,6 +541,18 @@ def test_hh_rlhf_row_without_the_fields(tmp_path):
         HHRLHFData(path=str(path), heldout_fraction=-0.1)
 
 
+def test_hh_rlhf_from_an_unreachable_hub_is_an_error_naming_what_to_set(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'Anthropic/hh-rlhf' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(AnatomyError, match=r"cannot load Anthropic/hh-rlhf/harmless-base:test from the hub "
+                                           r"\(ConnectionError: .*OfflineModeIsEnabled.*data.path"):
+        HHRLHFData().load()
+
+
 def test_hh_rlhf_harmless_base_test_file(shared_data):
     path = shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
     data = HHRLHFData(path=str(path), max_pairs=None, seed=0).load()
