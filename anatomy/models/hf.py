@@ -20,7 +20,8 @@ def model_spec(name: str, revision: str | None = None) -> ModelSpec:
     try:
         config = AutoConfig.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as err:
-        raise AnatomyError(f"model {name!r}: cannot read its config ({err.__class__.__name__}: {err})") from err
+        raise AnatomyError(f"model {name!r}: cannot read its config ({err.__class__.__name__}: {err}); "
+                           "check model.name (a hub id or a local folder) and model.revision") from err
     config = getattr(config, "text_config", config)
     return ModelSpec(name, int(config.hidden_size), int(config.num_hidden_layers))
 
@@ -28,10 +29,14 @@ def model_spec(name: str, revision: str | None = None) -> ModelSpec:
 def load_pretrained(name: str, revision: str | None = None, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as err:  # its config was read (model_spec), but not its tokenizer or weights
+        raise AnatomyError(f"model {name!r}: cannot load its tokenizer or weights ({err.__class__.__name__}: "
+                           f"{err}); check model.name and model.revision") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=getattr(torch, dtype))
     model.to(device).eval()
     key = weights_key(name, revision, hub_commit(name, revision), dtype)
     return LoadedModel(model, tokenizer, model_spec(name, revision), name, revision, key)

@@ -310,6 +310,13 @@ def test_pretrained_sae_id_not_in_its_release(tmp_path, fresh_cache):
     assert "blocks.3.hook_resid_post" in msg  # names ids the release does have
 
 
+def test_a_model_that_cannot_be_found_is_an_error_naming_the_keys(tmp_path, fresh_cache):
+    # Offline, a hub id that is not cached reads the same as a folder that does not exist.
+    msg = fails(tmp_path, fresh_cache, "model=hf", f"model.name={tmp_path / 'no-such-model'}")
+    assert f"model '{tmp_path / 'no-such-model'}': cannot read its config" in msg
+    assert "check model.name (a hub id or a local folder) and model.revision" in msg
+
+
 # 8. hooks that do not exist ----------------------------------------------------------------------
 
 

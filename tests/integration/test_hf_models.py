@@ -127,3 +127,15 @@ def test_a_hub_model_is_known_by_the_commit_its_files_came_from(tmp_path, monkey
     assert hub_commit("org/model", commit) == commit  # a commit has no ref: it is its own answer
     assert hub_commit("org/other", None) is None  # not in the cache
     assert hub_commit(str(tmp_path), None) is None  # a local folder
+
+
+def test_a_folder_with_a_config_but_no_weights_is_an_error_naming_the_keys(tmp_path):
+    from transformers import GPT2Config
+
+    from anatomy.errors import AnatomyError
+    from anatomy.models.hf import load_pretrained, model_spec
+
+    GPT2Config(n_embd=64, n_layer=2, n_head=2).save_pretrained(tmp_path)  # e.g. an interrupted copy
+    assert model_spec(str(tmp_path)).d_model == 64  # the check before loading passes
+    with pytest.raises(AnatomyError, match=r"cannot load its tokenizer or weights \(OSError: .*check model.name"):
+        load_pretrained(str(tmp_path))
