@@ -38,6 +38,14 @@ def texts_digest(texts: list[tuple[str, str]]) -> str:
     return hashlib.sha256("\0".join(p + "\1" + r for p, r in texts).encode()).hexdigest()
 
 
+def folder_digest(folder: str | Path) -> str:
+    """A stable hash of a user's folder (a model or an SAE read by path): its resolved path and each
+    file's name, size and modification time, so a folder saved over in place keys anew."""
+    folder = Path(folder).resolve()
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    return hashlib.sha256(json.dumps({"folder": str(folder), "files": files}).encode()).hexdigest()[:16]
+
+
 def code_digest(*modules) -> str:
     """A stable hash of modules' source: in the key of an entry whose content those modules compute,
     so an entry computed by other code is never served."""

@@ -53,7 +53,7 @@ class Featurize:
         """`run` through the stage cache, keyed by this config, the model, the SAE and the pairs.
         -> (features, cache hit, key for downstream stages)"""
         texts = hashlib.sha256("\0".join(p.prompt + "\1" + p.chosen + "\1" + p.rejected for p in pairs).encode())
-        key = {"featurize": asdict(self), "model": model.key, "sae": sae.source, "hook": sae.hook,
+        key = {"featurize": asdict(self), "model": model.key, "sae": sae.key, "hook": sae.hook,
                "pairs": texts.hexdigest(), "code": stage_code(__name__)}
         folder, hit = cached_dir("features", key, lambda d: self.run(model, sae, pairs).save(d))
         return Features.load(folder), hit, folder.name

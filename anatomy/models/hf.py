@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from anatomy.cache import folder_digest
 from anatomy.errors import AnatomyError
 from anatomy.models.base import LoadedModel, ModelSpec
 
@@ -60,10 +61,8 @@ def weights_key(name: str, revision: str | None, commit: str | None, dtype: str)
     size and modification time, a hub model by its name, revision and the commit its files came from;
     and the dtype. So a folder saved over with new weights, or another revision, never meets the SAE,
     features or baseline cached for the old ones."""
-    folder = Path(name)
-    if folder.is_dir():
-        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
-        source: dict = {"folder": str(folder.resolve()), "files": files}
+    if Path(name).is_dir():
+        source: dict = {"folder": folder_digest(name)}
     else:
         source = {"hub": name, "revision": revision, "commit": commit}
     digest = hashlib.sha256(json.dumps({**source, "dtype": dtype}, sort_keys=True).encode()).hexdigest()[:16]

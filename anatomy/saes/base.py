@@ -16,6 +16,10 @@ class LoadedSAE:
     d_in: int
     d_sae: int
     source: str  # folder or release/id
+    key: str = ""  # what the stage cache knows this SAE by (the features' key); default: source
+
+    def __post_init__(self):
+        self.key = self.key or self.source
 
 
 def check_sae(spec: ModelSpec, hook: str, d_in: int, where: str) -> str:

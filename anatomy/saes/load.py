@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from anatomy.cache import folder_digest
 from anatomy.errors import AnatomyError
 from anatomy.models.base import LoadedModel, ModelSpec
 from anatomy.saes.base import LoadedSAE, check_sae
@@ -84,4 +85,5 @@ class LocalSAE:
         cfg = self._cfg()
         hook = check_sae(model.spec, self._hook(cfg), int(cfg["d_in"]), f"sae.path={self.path!r}")
         sae = SAE.load_from_disk(self.path, device=str(model.model.device))
-        return LoadedSAE(sae, hook, sae.cfg.d_in, sae.cfg.d_sae, self.path), False
+        key = f"{self.path}@{folder_digest(self.path)}"  # its files, not only its path: saved over, it keys anew
+        return LoadedSAE(sae, hook, sae.cfg.d_in, sae.cfg.d_sae, self.path, key), False

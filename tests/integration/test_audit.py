@@ -152,3 +152,33 @@ def test_hh_rlhf(shared_data, tmp_path):
     assert metrics["data/train"] + metrics["data/heldout"] == 200
     assert metrics["audit/n_tested"] > 0
     assert pd.read_csv(out / "hypotheses.csv").shape[0] == metrics["audit/n_tested"]
+
+
+def test_a_local_sae_folder_audits_as_the_trained_one_and_is_keyed_by_its_files(default_audit, tmp_path):
+    """`sae=local` on a folder sae-lens saved (here, a copy of the trained SAE) gives the same
+    hypotheses; saved over with other weights in place, its features are computed anew, not served
+    from the cache by its path."""
+    import re
+    import shutil
+
+    import pandas as pd
+    from safetensors.torch import load_file, save_file
+
+    metrics, out = default_audit
+    trained = re.search(r"SAE `([^`]+)`", (out / "hypotheses.md").read_text()).group(1)
+    folder = tmp_path / "sae"
+    shutil.copytree(trained, folder)
+    study = (*[o for o in SMALL if not o.startswith("sae.")], *AUDIT, "sae=local", f"sae.path={folder}")
+    local, local_out = run_study(tmp_path / "local", *study)
+    assert local["audit/n_significant"] == metrics["audit/n_significant"]
+    columns = ["feature", "effect", "q_value", "significant"]
+    pd.testing.assert_frame_equal(pd.read_csv(local_out / "hypotheses.csv")[columns],
+                                  pd.read_csv(out / "hypotheses.csv")[columns])
+
+    weights = folder / "sae_weights.safetensors"
+    tensors = load_file(weights)
+    save_file({k: (v.flip(0) if k == "W_enc" else v) for k, v in tensors.items()}, weights)  # other features
+    again, again_out = run_study(tmp_path / "again", *study)
+    assert again["cache/features"] == 0.0  # keyed by the path alone, the first local run's features would be served
+    effects = [pd.read_csv(o / "hypotheses.csv")["effect"] for o in (local_out, again_out)]
+    assert not effects[0].equals(effects[1])
