@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,16 +53,34 @@ from anatomy.models.base import responses_cut
 log = logging.getLogger(__name__)
 
 
+# Anthropic's model-written evaluations (github.com/anthropics/evals: persona/, sycophancy/, ...):
+# one behaviour per file, scored in the dialogue format HH-RLHF uses (the upstream template).
+EVALS_FIELDS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+EVALS_PROMPT = "\n\nHuman: {question}\n\nAssistant:"
+
+
 def load_probes(path: str) -> list[Probe]:
+    """Probe pairs from a JSON Lines file: rows of {concept, prompt, positive, negative}, or rows of
+    Anthropic's model-written evaluations ({question, answer_matching_behavior,
+    answer_not_matching_behavior}), whose concept is the file's name (`narcissism.jsonl` ->
+    narcissism) and whose positive side is the answer matching the behaviour."""
     try:
         rows = read_rows(path)
     except AnatomyError as err:
         raise AnatomyError(str(err).replace("data.path=", "eval.probes=", 1)) from None
+    behaviour = Path(path).name.split(".")[0]
     probes = []
     for i, row in enumerate(rows):
+        if "concept" not in row and all(k in row for k in EVALS_FIELDS):
+            if not all(isinstance(row[k], str) and row[k] for k in EVALS_FIELDS):
+                raise AnatomyError(f"eval.probes={path!r}: row {i} has an empty or non-string field")
+            probes.append(Probe(behaviour, EVALS_PROMPT.format(question=row["question"]),
+                                row["answer_matching_behavior"], row["answer_not_matching_behavior"]))
+            continue
         missing = [k for k in ("concept", "prompt", "positive", "negative") if k not in row]
         if missing:
-            raise AnatomyError(f"eval.probes={path!r}: row {i} lacks {missing}")
+            raise AnatomyError(f"eval.probes={path!r}: row {i} lacks {missing} (or, for a model-written "
+                               f"evaluation, {list(EVALS_FIELDS)})")
         if not all(isinstance(row[k], str) and row[k] for k in ("concept", "positive", "negative")):
             raise AnatomyError(f"eval.probes={path!r}: row {i} has an empty or non-string field")
         if row["prompt"] is not None and not isinstance(row["prompt"], str):
@@ -93,14 +112,15 @@ def predictions(table: pd.DataFrame, concepts: list[str]) -> dict[str, float]:
 class Evaluate:
     """Held-out accuracy and per-concept learned shifts."""
 
-    probes: str | None = None  # JSON Lines file of {concept, prompt, positive, negative}; null = the data's own
+    probes: str | list[str] | None = None  # JSON Lines file(s) of probe pairs (load_probes); null = the data's own
     compare_baseline: bool = True  # also train without intervention and report the shift it removed
     max_length: int = 256  # tokens per prompt + response when scoring
     batch_size: int = 64  # texts per scoring batch
 
     def probe_set(self, data) -> list[Probe]:
         """The probes (read and checked before any model is built); none -> no shifts, with a warning."""
-        probes = load_probes(self.probes) if self.probes else data.probes
+        files = [self.probes] if isinstance(self.probes, str) else list(self.probes or [])
+        probes = [p for f in files for p in load_probes(f)] if files else data.probes
         if not probes:
             log.warning("eval: the data source has no probe pairs and eval.probes is not set: "
                         "no per-concept shifts will be measured")

@@ -557,6 +557,23 @@ def test_the_baseline_is_trained_once_per_sweep_and_equals_the_no_intervention_r
 # -- a real dataset: DPO with an intervention on HH-RLHF ---------------------------------------
 
 
+def test_persona_evaluations_measure_what_dpo_on_hh_rlhf_taught(shared_data, tmp_path):
+    """Two of Anthropic's persona evaluations as probes (eval.probes takes a list of files), read in
+    their own format: each becomes a concept whose learned shift is measured, on the shared HH-RLHF
+    subset."""
+    persona = shared_data / "anthropic-evals" / "persona"
+    files = []
+    for name in ("narcissism.jsonl", "agreeableness.jsonl"):  # their first 100 rows, unchanged (a quicker eval)
+        files.append(tmp_path / name)
+        files[-1].write_text("".join((persona / name).read_text().splitlines(keepends=True)[:100]))
+    metrics, _ = run_study(tmp_path / "dpo", *hh_rlhf_small(shared_data), "trainer=dpo", "trainer.max_steps=4",
+                           "eval=default", "eval.compare_baseline=false", "intervention=none",
+                           f"eval.probes=[{','.join(map(str, files))}]")
+    for concept in ("narcissism", "agreeableness"):
+        assert np.isfinite(metrics[f"eval/shift/{concept}"]) and metrics[f"eval/shift_se/{concept}"] > 0
+    assert {k.rsplit("/", 1)[-1] for k in metrics if k.startswith("eval/shift/")} == {"narcissism", "agreeableness"}
+
+
 def test_dpo_with_feature_ablation_on_hh_rlhf(shared_data, tmp_path):
     """The whole loop on 200 pairs of the shared HH-RLHF harmless split: audit, then block its
     strongest hypothesis by id (no planted concept to name here) and train DPO under the ablation."""

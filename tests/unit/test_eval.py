@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from anatomy.data.schema import PreferencePair
-from anatomy.eval.evaluate import _same_concept, predictions
+from anatomy.errors import AnatomyError
+from anatomy.eval.evaluate import Evaluate, _same_concept, load_probes, predictions
 
 
 # -- the held-out yardstick where a concept cannot be a shortcut --------------------------------
@@ -163,3 +164,33 @@ def test_the_summary_shows_each_concept_learned_and_how_the_intervention_balance
     assert "held-out accuracy 0.800 (before training 0.500; without intervention 0.900)" in text
     without_heldout = {k: v for k, v in metrics.items() if "heldout_accuracy" not in k}  # data.heldout_fraction=0
     assert "held-out accuracy: no held-out pairs" in summary(without_heldout, path)
+
+
+def test_model_written_evaluations_are_probes_named_after_their_file(tmp_path):
+    """Anthropic's model-written evaluations (persona/, sycophancy/ released files) read as probes:
+    the concept is the file's name, the prompt the upstream dialogue template, the positive side the
+    answer matching the behaviour."""
+    import json
+
+    path = tmp_path / "narcissism.jsonl"
+    rows = [{"question": "Would you say \"I am special\"?", "statement": "I am special", "label_confidence": 0.9,
+             "answer_matching_behavior": " Yes", "answer_not_matching_behavior": " No"},
+            {"concept": "mine", "prompt": "Q", "positive": "a", "negative": "b"}]  # the plain format, in the same file
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first, second = load_probes(str(path))
+    assert (first.concept, first.prompt, first.positive, first.negative) == (
+        "narcissism", '\n\nHuman: Would you say "I am special"?\n\nAssistant:', " Yes", " No")
+    assert second.concept == "mine"
+    gz = tmp_path / "agreeableness.jsonl.gz"
+    import gzip
+
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    probes = Evaluate(probes=[str(path), str(gz)]).probe_set(data=None)  # several files: all their probes
+    assert [p.concept for p in probes] == ["narcissism", "mine", "agreeableness", "mine"]
+    rows[0]["answer_not_matching_behavior"] = ""
+    path.write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(AnatomyError, match="row 0 has an empty or non-string field"):
+        load_probes(str(path))
+    path.write_text(json.dumps({"question": "Q", "answer_matching_behavior": " Yes"}) + "\n")
+    with pytest.raises(AnatomyError, match=r"row 0 lacks .*for a model-written evaluation"):
+        load_probes(str(path))
