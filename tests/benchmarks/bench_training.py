@@ -122,7 +122,8 @@ def make_trainer(trainer_class, model, reference, dataset, steps, callback, out_
     policy = frozen_copy(model.model).train()
     for p in policy.parameters():
         p.requires_grad_(True)
-    args = trl_args(DPOConfig, out_dir, cfg, policy, beta=cfg.beta, precompute_ref_log_probs=True, loss_type=["sigmoid"])
+    args = trl_args(DPOConfig, out_dir, cfg, policy, beta=cfg.beta, precompute_ref_log_probs=True,
+                    loss_type=["sigmoid"])
     trainer = trainer_class(model=policy, ref_model=reference, args=args, train_dataset=dataset,
                             processing_class=model.tokenizer, callbacks=[callback])
     for quiet in (PrinterCallback, ProgressCallback):  # no loss dicts printed between the timings

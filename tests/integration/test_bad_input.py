@@ -378,7 +378,8 @@ def test_a_folder_that_holds_an_earlier_run_is_refused_before_anything_is_writte
     args = ("-m", "seed=0,1", f"hydra.sweep.dir={earlier}") if mode == "sweep" else (f"hydra.run.dir={earlier}",)
     done = _cli(tmp_path, *args)
     assert done.returncode == 1
-    key, what = ("hydra.sweep.dir", "sweep (its multirun.yaml)") if mode == "sweep" else ("hydra.run.dir", "run (its .hydra)")
+    key, what = ("hydra.sweep.dir", "sweep (its multirun.yaml)") if mode == "sweep" else (
+        "hydra.run.dir", "run (its .hydra)")
     assert f"{key}={earlier} already holds an earlier {what}" in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     on_disk = {str(p.relative_to(earlier)): p.read_text() for p in earlier.rglob("*") if p.is_file()}
