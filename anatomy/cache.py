@@ -46,6 +46,23 @@ def folder_digest(folder: str | Path) -> str:
     return hashlib.sha256(json.dumps({"folder": str(folder), "files": files}).encode()).hexdigest()[:16]
 
 
+def hub_commit(name: str, revision: str | None) -> str | None:
+    """The commit a hub repository's files were loaded from (a model's, or an SAE's): the local hub
+    cache's ref for the revision (a revision that is already a commit has no ref, and is its own
+    answer); None for a local folder."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    if Path(name).is_dir():  # a local folder: no hub commit
+        return None
+    try:
+        repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="model")
+    except ValueError:  # not a repository id (its load fails on its own terms)
+        return revision
+    ref = repo / "refs" / (revision or "main")
+    return ref.read_text().strip() if ref.is_file() else revision
+
+
 def code_digest(*modules) -> str:
     """A stable hash of modules' source: in the key of an entry whose content those modules compute,
     so an entry computed by other code is never served."""

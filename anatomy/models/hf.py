@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from anatomy.cache import folder_digest
+from anatomy.cache import folder_digest, hub_commit
 from anatomy.errors import AnatomyError
 from anatomy.models.base import LoadedModel, ModelSpec
 
@@ -41,19 +41,6 @@ def load_pretrained(name: str, revision: str | None = None, dtype: str = "float3
     model.to(device).eval()
     key = weights_key(name, revision, hub_commit(name, revision), dtype)
     return LoadedModel(model, tokenizer, model_spec(name, revision), name, revision, key)
-
-
-def hub_commit(name: str, revision: str | None) -> str | None:
-    """The commit a hub model's files were loaded from: the local hub cache's ref for the revision
-    (a revision that is already a commit has no ref, and is its own answer)."""
-    from huggingface_hub import constants
-    from huggingface_hub.file_download import repo_folder_name
-
-    if Path(name).is_dir():  # a local folder: no hub commit
-        return None
-    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="model")
-    ref = repo / "refs" / (revision or "main")
-    return ref.read_text().strip() if ref.is_file() else revision
 
 
 def weights_key(name: str, revision: str | None, commit: str | None, dtype: str) -> str:

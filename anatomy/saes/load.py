@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from anatomy.cache import folder_digest
+from anatomy.cache import folder_digest, hub_commit
 from anatomy.errors import AnatomyError
 from anatomy.models.base import LoadedModel, ModelSpec
 from anatomy.saes.base import LoadedSAE, check_sae
@@ -45,7 +45,20 @@ class PretrainedSAE:
                                f"({type(err).__name__}: {err})") from err
         hook = self.hook or sae.cfg.metadata.hook_name
         hook = check_sae(model.spec, hook, sae.cfg.d_in, f"sae {self.release}/{self.sae_id}")
-        return LoadedSAE(sae, hook, sae.cfg.d_in, sae.cfg.d_sae, f"{self.release}/{self.sae_id}"), False
+        source = f"{self.release}/{self.sae_id}"
+        return LoadedSAE(sae, hook, sae.cfg.d_in, sae.cfg.d_sae, source, f"{source}@{self._version()}"), False
+
+    def _version(self) -> str:
+        """sae-lens's version and the hub commit the SAE's files came from (the release's repository),
+        for the features' key: a repository that moved on, or another sae-lens, is featurized anew."""
+        import sae_lens
+
+        try:
+            from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+        except ImportError:
+            return sae_lens.__version__
+        release = get_pretrained_saes_directory().get(self.release)
+        return f"{sae_lens.__version__}:{hub_commit(release.repo_id if release else self.release, None)}"
 
 
 @dataclass

@@ -111,10 +111,10 @@ def test_the_weights_key_follows_files_revision_commit_and_dtype(tmp_path):
     assert hub != weights_key("org/model", None, "def", "float32")
 
 
-def test_a_hub_model_is_known_by_the_commit_its_files_came_from(tmp_path, monkeypatch):
+def test_a_hub_repository_is_known_by_the_commit_its_files_came_from(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from anatomy.models.hf import hub_commit
+    from anatomy.cache import hub_commit
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     refs = tmp_path / "models--org--model" / "refs"
@@ -127,6 +127,23 @@ def test_a_hub_model_is_known_by_the_commit_its_files_came_from(tmp_path, monkey
     assert hub_commit("org/model", commit) == commit  # a commit has no ref: it is its own answer
     assert hub_commit("org/other", None) is None  # not in the cache
     assert hub_commit(str(tmp_path), None) is None  # a local folder
+    assert hub_commit("not/a/repo id", "v1") == "v1"  # not a repository id: the revision asked for
+
+
+def test_a_pretrained_sae_is_known_by_sae_lens_and_its_repositorys_commit(tmp_path, monkeypatch):
+    import sae_lens
+    from huggingface_hub import constants
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    from anatomy.saes.load import PretrainedSAE
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    sae = PretrainedSAE()  # pythia-70m-deduped-res-sm, from the registry that ships with sae-lens
+    repo = get_pretrained_saes_directory()[sae.release].repo_id
+    refs = tmp_path / f"models--{repo.replace('/', '--')}" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("abc123")
+    assert sae._version() == f"{sae_lens.__version__}:abc123"
 
 
 def test_a_folder_with_a_config_but_no_weights_is_an_error_naming_the_keys(tmp_path):
