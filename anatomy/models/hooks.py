@@ -26,6 +26,10 @@ POINTS = "blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_
 # The attribute that holds a decoder layer's attention / MLP, across Hugging Face architectures.
 SUBMODULES = {"attn_out": ("self_attn", "attn", "attention", "self_attention"),
               "mlp_out": ("mlp", "feed_forward", "ffn")}
+# Layers that normalize each branch's output before adding it (Gemma 2 and 3, OLMo 2): the hook point,
+# as TransformerLens defines it, is what is added to the stream, so the norm's output (in Llama the
+# same `post_attention_layernorm` name is the MLP's *input* norm, and there is no feed-forward one).
+POST_NORMS = {"attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}
 # sae-lens names a hook on an AutoModelForCausalLM by module path: the layer's output.
 HF_LAYER_RE = re.compile(r"^(?:model\.layers|transformer\.h|gpt_neox\.layers|model\.decoder\.layers)\.(\d+)$")
 
@@ -59,7 +63,10 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def submodule(layer: nn.Module, point: str) -> nn.Module:
-    """The layer's attention (`attn_out`) or MLP (`mlp_out`) module, whose output is that hook point."""
+    """The module whose output is the layer's `attn_out` / `mlp_out`: its attention / MLP, or the norm
+    applied to that output where the layer has one (POST_NORMS)."""
+    if isinstance(getattr(layer, "post_feedforward_layernorm", None), nn.Module):
+        return getattr(layer, POST_NORMS[point])
     for attr in SUBMODULES[point]:
         if isinstance(getattr(layer, attr, None), nn.Module):
             return getattr(layer, attr)

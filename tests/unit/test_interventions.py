@@ -748,20 +748,26 @@ def test_hooks_are_removed_when_a_later_hook_name_is_bad(llama):
 
 
 def tiny_causal_lm(arch: str):
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+    import transformers
 
     torch.manual_seed(0)
     if arch == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=16)).eval()
-    config = GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, max_position_embeddings=16)
-    return GPTNeoXForCausalLM(config).eval()
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2,
+                                                                    n_positions=16)).eval()
+    shape = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                 max_position_embeddings=16)
+    if arch == "gemma2":  # normalizes each branch's output before adding it
+        config = transformers.Gemma2Config(**shape, num_key_value_heads=2, head_dim=16)
+        return transformers.Gemma2ForCausalLM(config).eval()
+    if arch == "olmo2":  # the same, without Gemma's input norms
+        return transformers.Olmo2ForCausalLM(transformers.Olmo2Config(**shape, num_key_value_heads=2)).eval()
+    return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**shape)).eval()
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "gemma2", "olmo2"])
 def test_resid_post_is_resid_pre_plus_attn_out_plus_mlp_out(llama, ids, arch):
-    """The attention and MLP outputs are what the layer adds to the stream, on three architectures."""
+    """The attention and MLP outputs are what the layer adds to the stream, on five architectures."""
     model = llama if arch == "llama" else tiny_causal_lm(arch)
     got = {}
 
