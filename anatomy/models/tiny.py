@@ -7,6 +7,7 @@ cache, then loaded back by path through the same code as any hub model (`hf.load
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from anatomy.models.base import LoadedModel, ModelSpec, encode_pair
 from anatomy.models.hf import load_pretrained
 
 SPECIALS = ["<|endoftext|>", "<pad>"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,6 +97,7 @@ class TinyModel:
         )
         order = random.Random(self.seed)
         model.train()
+        log.info("pretraining the tiny LM: %d steps of %d sequences", self.train_steps, self.batch_size)
         bar = tqdm(range(self.train_steps), desc="Pretraining tiny LM", unit="step")
         for _ in bar:
             idx = torch.tensor([order.randrange(n_seq) for _ in range(self.batch_size)])
