@@ -39,11 +39,11 @@ def load_pretrained(name: str, revision: str | None = None, dtype: str = "float3
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
-    key = weights_key(name, revision, hub_commit(name, revision), dtype)
+    key = weights_key(name, revision, dtype)
     return LoadedModel(model, tokenizer, model_spec(name, revision), name, revision, key)
 
 
-def weights_key(name: str, revision: str | None, commit: str | None, dtype: str) -> str:
+def weights_key(name: str, revision: str | None, dtype: str) -> str:
     """What the stage cache knows a pretrained model by: a local folder by its path and each file's
     size and modification time, a hub model by its name, revision and the commit its files came from;
     and the dtype. So a folder saved over with new weights, or another revision, never meets the SAE,
@@ -51,7 +51,7 @@ def weights_key(name: str, revision: str | None, commit: str | None, dtype: str)
     if Path(name).is_dir():
         source: dict = {"folder": folder_digest(name)}
     else:
-        source = {"hub": name, "revision": revision, "commit": commit}
+        source = {"hub": name, "revision": revision, "commit": hub_commit(name, revision)}
     digest = hashlib.sha256(json.dumps({**source, "dtype": dtype}, sort_keys=True).encode()).hexdigest()[:16]
     return f"{name}@{digest}"
 

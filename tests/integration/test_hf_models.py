@@ -95,20 +95,27 @@ def test_a_folder_saved_over_with_new_weights_is_audited_anew(tmp_path):
     assert (retrained["cache/sae"], retrained["cache/features"]) == (0.0, 0.0)
 
 
-def test_the_weights_key_follows_files_revision_commit_and_dtype(tmp_path):
+def test_the_weights_key_follows_files_revision_commit_and_dtype(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     from anatomy.models.hf import weights_key
 
     folder = tmp_path / "lm"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"0" * 10)
-    key = weights_key(str(folder), None, None, "float32")
-    assert key == weights_key(str(folder), None, None, "float32")
-    assert key != weights_key(str(folder), None, None, "bfloat16")
+    key = weights_key(str(folder), None, "float32")
+    assert key == weights_key(str(folder), None, "float32")
+    assert key != weights_key(str(folder), None, "bfloat16")
     (folder / "model.safetensors").write_bytes(b"0" * 11)
-    assert key != weights_key(str(folder), None, None, "float32")
-    hub = weights_key("org/model", None, "abc", "float32")
-    assert hub != weights_key("org/model", "v2", "abc", "float32")
-    assert hub != weights_key("org/model", None, "def", "float32")
+    assert key != weights_key(str(folder), None, "float32")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    refs = tmp_path / "hub" / "models--org--model" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("abc")
+    hub = weights_key("org/model", None, "float32")
+    assert hub != weights_key("org/model", "v2", "float32")
+    (refs / "main").write_text("def")  # the branch moved on
+    assert hub != weights_key("org/model", None, "float32")
 
 
 def test_a_hub_repository_is_known_by_the_commit_its_files_came_from(tmp_path, monkeypatch):
