@@ -59,16 +59,10 @@ class TinyModel:
         return LoadedModel(loaded.model, loaded.tokenizer, self.spec(), str(folder)), hit
 
     def build(self, texts: list[tuple[str, str]], folder: Path) -> None:
-        from tokenizers import ByteLevelBPETokenizer
-        from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+        from transformers import LlamaConfig, LlamaForCausalLM
 
         torch.manual_seed(self.seed)
-        bpe = ByteLevelBPETokenizer()
-        bpe.train_from_iterator(
-            (s for pair in texts for s in pair), vocab_size=self.vocab_size, min_frequency=2,
-            special_tokens=SPECIALS, show_progress=False,
-        )
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=SPECIALS[0], pad_token=SPECIALS[1])
+        tokenizer = train_tokenizer(texts, self.vocab_size)
         config = LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=self.d_model, intermediate_size=self.d_mlp,
             num_hidden_layers=self.n_layers, num_attention_heads=self.n_heads, num_key_value_heads=self.n_heads,
@@ -110,3 +104,15 @@ class TinyModel:
             optim.zero_grad(set_to_none=True)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         model.eval()
+
+
+def train_tokenizer(texts: list[tuple[str, str]], vocab_size: int):
+    """A byte-level BPE tokenizer trained on (prompt, response) texts, with an end-of-text and a pad
+    token: the tiny LM's, and any other model built for a study's own texts."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator((s for pair in texts for s in pair), vocab_size=vocab_size, min_frequency=2,
+                            special_tokens=SPECIALS, show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=SPECIALS[0], pad_token=SPECIALS[1])

@@ -22,16 +22,13 @@ N_PAIRS = 400
 
 
 def save_random_lm(folder: Path, arch: str) -> Path:
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
     from anatomy.data.synthetic import SyntheticData
+    from anatomy.models.tiny import train_tokenizer
 
     data = SyntheticData(n_pairs=N_PAIRS).load()
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator((t for p in data.train for t in (p.prompt, p.chosen, p.rejected)), vocab_size=1024,
-                            special_tokens=["<|endoftext|>", "<pad>"], show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<pad>")
+    tokenizer = train_tokenizer([(p.prompt, r) for p in data.train for r in (p.chosen, p.rejected)], 1024)
     ids = {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
     torch.manual_seed(0)
