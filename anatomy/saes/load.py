@@ -23,11 +23,7 @@ class PretrainedSAE:
     def check(self, spec: ModelSpec) -> None:
         """The SAE id against sae-lens's registry (shipped with sae-lens: no hub needed). The hook and
         the width are checked after loading: they are in the SAE's cfg, on the hub."""
-        try:
-            from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-        except ImportError:  # another sae-lens layout: the load says what is wrong
-            return
-        release = get_pretrained_saes_directory().get(self.release)
+        release = self._registry_entry()
         if release is None:  # not a registry release: sae-lens also takes a hub repo id, tried at load
             return
         if self.sae_id not in release.saes_map:
@@ -53,12 +49,17 @@ class PretrainedSAE:
         for the features' key: a repository that moved on, or another sae-lens, is featurized anew."""
         import sae_lens
 
+        release = self._registry_entry()
+        return f"{sae_lens.__version__}:{hub_commit(release.repo_id if release else self.release, None)}"
+
+    def _registry_entry(self):
+        """The release's entry in sae-lens's registry (shipped with sae-lens, cached by it), or None:
+        not a registry release (sae-lens also takes a hub repo id), or another sae-lens layout."""
         try:
             from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
         except ImportError:
-            return sae_lens.__version__
-        release = get_pretrained_saes_directory().get(self.release)
-        return f"{sae_lens.__version__}:{hub_commit(release.repo_id if release else self.release, None)}"
+            return None
+        return get_pretrained_saes_directory().get(self.release)
 
 
 @dataclass
