@@ -31,13 +31,13 @@ class WeightedRewardTrainer(WeightColumn, RewardTrainer):
 
 
 def load_reward_model(lm):
-    """A one-logit sequence-classification head on the LM's own weights (same revision and dtype)."""
+    """A one-logit sequence-classification head on the LM's own weights (same revision, dtype and device)."""
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(lm.path, num_labels=1, revision=lm.revision,
                                                                dtype=lm.model.dtype)
     model.config.pad_token_id = lm.tokenizer.pad_token_id
-    return model
+    return model.to(next(lm.model.parameters()).device)
 
 
 @dataclass
@@ -60,7 +60,7 @@ class RewardModel:
         from datasets import Dataset
 
         torch.manual_seed(self.seed)
-        policy = load_reward_model(model).to(next(model.model.parameters()).device)
+        policy = load_reward_model(model)
         reference = frozen_copy(policy)  # the untrained reward model, same head initialisation
         dataset = Dataset.from_list(weighted_rows(pairs, plan.weights, joined=True))
         report = fit(policy, plan, len(dataset), lambda tmp: WeightedRewardTrainer(
