@@ -11,6 +11,7 @@ every result is stored at its response's own place.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from anatomy.errors import AnatomyError
 from anatomy.models.base import LoadedModel, encode_pair, pad_batch
 from anatomy.models.hooks import capture
 from anatomy.saes.base import LoadedSAE
+
+log = logging.getLogger(__name__)
 
 POOLINGS = ("max", "mean")
 ARRAYS = ("chosen_length", "rejected_length", "tokens", "offsets", "top_values", "top_where")
@@ -57,6 +60,15 @@ class Featurize:
                "pairs": texts.hexdigest(), "code": stage_code(__name__)}
         folder, hit = cached_dir("features", key, lambda d: self.run(model, sae, pairs).save(d))
         return Features.load(folder), hit, folder.name
+
+    def count_full(self, feats: Features) -> dict[str, float]:
+        """`featurize/responses_at_max_length`: responses that fill all `max_length` tokens, so were cut
+        unless exactly that long (warned about)."""
+        full = int((feats.chosen_length >= self.max_length).sum() + (feats.rejected_length >= self.max_length).sum())
+        if full:
+            log.warning("featurize: %d of %d responses fill all featurize.max_length=%d tokens: whatever is longer "
+                        "is not read; raise featurize.max_length", full, 2 * len(feats.chosen_length), self.max_length)
+        return {"featurize/responses_at_max_length": float(full)}
 
 
 @dataclass

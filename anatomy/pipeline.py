@@ -132,12 +132,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     with timer("features"):
         feats, hit, features_key = stages.featurize.cached(model, sae, data.train)
     metrics["cache/features"] = float(hit)
-    max_length = stages.featurize.max_length  # a response that fills it was cut, unless exactly that long
-    full = int((feats.chosen_length >= max_length).sum() + (feats.rejected_length >= max_length).sum())
-    metrics["featurize/responses_at_max_length"] = float(full)
-    if full:
-        log.warning("featurize: %d of %d responses fill all featurize.max_length=%d tokens: whatever is longer is "
-                    "not read; raise featurize.max_length", full, 2 * len(data.train), max_length)
+    metrics.update(stages.featurize.count_full(feats))
     with timer("hypotheses"):
         table, hit = test_hypotheses(stages.hypothesis, feats, features_key)
     metrics["cache/hypotheses"] = float(hit)
