@@ -118,6 +118,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         log.warning("data: no held-out pairs (data.heldout_fraction=0?): eval measures the learned shifts only, "
                     "not held-out accuracy")
     spec = stages.model.spec()
+    stages.model.check(getattr(stages.trainer, "enabled", False))  # the device exists, and training can use it
     stages.sae.check(spec)  # the hook exists and the SAE fits the model, before any weight loads
     stages.intervention.check(spec)  # and so do the intervention's own hook points
     stages.select.check()  # and the verdicts file reads

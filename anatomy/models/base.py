@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from anatomy.errors import AnatomyError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,41 @@ class LoadedModel:
 
     def __post_init__(self):
         self.key = self.key or self.path
+
+
+def parse_device(device: str) -> torch.device:
+    """`model.device` as a torch device, or an error naming the key (no device is touched)."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise AnatomyError(f"model.device={device!r} is not a torch device (cpu, cuda, cuda:1, mps): {err}") from None
+
+
+def check_device(device: str, trains: bool) -> None:
+    """Before any weight loads: the device exists here, and training can run on it.
+
+    HF's Trainer (under TRL) trains in one process on `cuda:0` whatever the model was loaded on, and
+    wraps the model in DataParallel when several GPUs are visible; so a GPU other than the first is
+    an error (choose it with CUDA_VISIBLE_DEVICES) and several visible GPUs a warning."""
+    dev = parse_device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AnatomyError(f"model.device={device!r}: CUDA is not available here (torch {torch.__version__}, "
+                               f"CUDA build {torch.version.cuda}); use model.device=cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise AnatomyError(f"model.device={device!r}: only {count} CUDA device(s) are visible (cuda:0.."
+                               f"cuda:{count - 1})")
+        if trains and dev.index:
+            raise AnatomyError(f"model.device={device!r}: HF's Trainer trains on cuda:0 in a single process, so "
+                               f"training would move the model off cuda:{dev.index}; run with "
+                               f"CUDA_VISIBLE_DEVICES={dev.index} and model.device=cuda instead")
+        if trains and count > 1:
+            log.warning("model.device=%s: %d GPUs are visible, and HF's Trainer trains with DataParallel over all "
+                        "of them (a step is trainer.batch_size pairs per GPU); set CUDA_VISIBLE_DEVICES to one "
+                        "GPU for the config's batch", device, count)
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise AnatomyError(f"model.device={device!r}: MPS is not available here; use model.device=cpu")
 
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int,

@@ -11,7 +11,7 @@ import torch
 
 from anatomy.cache import folder_digest, hub_commit
 from anatomy.errors import AnatomyError
-from anatomy.models.base import LoadedModel, ModelSpec
+from anatomy.models.base import LoadedModel, ModelSpec, check_device, parse_device
 
 
 def model_spec(name: str, revision: str | None = None) -> ModelSpec:
@@ -68,6 +68,11 @@ class HFModel:
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise AnatomyError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        parse_device(self.device)
+
+    def check(self, trains: bool) -> None:
+        """The device exists here and training can run on it (before any weight loads)."""
+        check_device(self.device, trains)
 
     def spec(self) -> ModelSpec:
         return model_spec(self.name, self.revision)

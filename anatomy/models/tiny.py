@@ -50,6 +50,9 @@ class TinyModel:
     def spec(self) -> ModelSpec:
         return ModelSpec("tiny", self.d_model, self.n_layers)
 
+    def check(self, trains: bool) -> None:
+        """Nothing to check: the tiny LM is built, trained and used on the CPU."""
+
     def load(self, texts: list[tuple[str, str]]) -> tuple[LoadedModel, bool]:
         """The cached model for these texts and this config, building it if needed. -> (model, cache hit)"""
         corpus = texts_digest(texts)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from anatomy.data.local import LocalData
@@ -315,6 +316,16 @@ def test_a_model_that_cannot_be_found_is_an_error_naming_the_keys(tmp_path, fres
     msg = fails(tmp_path, fresh_cache, "model=hf", f"model.name={tmp_path / 'no-such-model'}")
     assert f"model '{tmp_path / 'no-such-model'}': cannot read its config" in msg
     assert "check model.name (a hub id or a local folder) and model.revision" in msg
+
+
+def test_a_cuda_device_on_a_machine_without_one_fails_before_the_model_loads(tmp_path, fresh_cache, monkeypatch):
+    from transformers import GPT2Config
+
+    GPT2Config(n_embd=64, n_layer=2, n_head=2).save_pretrained(tmp_path / "lm")  # its config is all the check reads
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as here, also on a machine with a GPU
+    msg = fails(tmp_path, fresh_cache, "model=hf", f"model.name={tmp_path / 'lm'}", "model.device=cuda",
+                "sae.hook=blocks.1.hook_resid_post")
+    assert "model.device='cuda': CUDA is not available here" in msg
 
 
 # 8. hooks that do not exist ----------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""`model.device`: parsed when the config is built, checked against this machine before any weight loads.
+
+No GPU is needed: `torch.cuda` is replaced by what a machine with GPUs would answer."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from anatomy.errors import AnatomyError
+from anatomy.models.base import check_device
+from anatomy.models.hf import HFModel
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """Pretend `n` CUDA devices are visible."""
+    def visible(n: int):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    return visible
+
+
+def test_a_device_torch_does_not_know_is_an_error_when_the_config_is_built():
+    with pytest.raises(AnatomyError, match=r"model.device='gpu' is not a torch device \(cpu, cuda, cuda:1, mps\)"):
+        HFModel(device="gpu")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_without_a_gpu_is_an_error(gpus, device):
+    gpus(0)
+    with pytest.raises(AnatomyError, match=f"model.device='{device}': CUDA is not available here.*model.device=cpu"):
+        check_device(device, trains=False)
+
+
+def test_a_gpu_index_that_is_not_visible_is_an_error(gpus):
+    gpus(2)
+    with pytest.raises(AnatomyError, match=r"only 2 CUDA device\(s\) are visible \(cuda:0..cuda:1\)"):
+        check_device("cuda:2", trains=False)
+
+
+def test_training_on_a_gpu_other_than_the_first_is_an_error_naming_the_fix(gpus):
+    # HF's Trainer would move the policy to cuda:0 (and its reference would stay on cuda:1).
+    gpus(2)
+    with pytest.raises(AnatomyError, match="CUDA_VISIBLE_DEVICES=1 and model.device=cuda"):
+        check_device("cuda:1", trains=True)
+    check_device("cuda:1", trains=False)  # the audit alone runs where the model is
+
+
+def test_training_with_several_gpus_visible_warns_of_dataparallel(gpus, caplog):
+    gpus(2)
+    with caplog.at_level(logging.WARNING):
+        check_device("cuda", trains=False)
+        assert not caplog.records
+        check_device("cuda", trains=True)
+    assert "2 GPUs are visible" in caplog.text and "DataParallel" in caplog.text
+
+
+def test_one_gpu_and_the_cpu_pass_quietly(gpus, caplog):
+    gpus(1)
+    with caplog.at_level(logging.WARNING):
+        for device in ("cpu", "cuda", "cuda:0"):
+            check_device(device, trains=True)
+    assert not caplog.records
