@@ -68,7 +68,7 @@ def load_probes(path: str) -> list[Probe]:
         rows = read_rows(path)
     except AnatomyError as err:
         raise AnatomyError(str(err).replace("data.path=", "eval.probes=", 1)) from None
-    behaviour = Path(path).name.split(".")[0]
+    behaviour = behaviour_name(path)
     probes = []
     for i, row in enumerate(rows):
         if "concept" not in row and all(k in row for k in EVALS_FIELDS):
@@ -87,6 +87,16 @@ def load_probes(path: str) -> list[Probe]:
             raise AnatomyError(f"eval.probes={path!r}: row {i}: prompt is not a string")
         probes.append(Probe(row["concept"], row["prompt"] or "", row["positive"], row["negative"]))
     return probes
+
+
+def behaviour_name(path: str) -> str:
+    """A model-written evaluation's behaviour: its file's name without `.gz` and the format's suffix
+    (`persona/narcissism.jsonl.gz` -> narcissism, `believes-AI-is-v1.1.jsonl` -> believes-AI-is-v1.1)."""
+    name = Path(path).name
+    if name.lower().endswith(".gz"):
+        name = name[:-3]
+    stem, dot, _ = name.rpartition(".")
+    return stem if dot and stem else name
 
 
 def predictions(table: pd.DataFrame, concepts: list[str]) -> dict[str, float]:

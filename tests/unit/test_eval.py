@@ -187,6 +187,9 @@ def test_model_written_evaluations_are_probes_named_after_their_file(tmp_path):
     gz.write_bytes(gzip.compress(path.read_bytes()))
     probes = Evaluate(probes=[str(path), str(gz)]).probe_set(data=None)  # several files: all their probes
     assert [p.concept for p in probes] == ["narcissism", "mine", "agreeableness", "mine"]
+    dotted = tmp_path / "believes-AI-is-v1.1.jsonl"  # a dot in the behaviour's own name is kept
+    dotted.write_bytes(path.read_bytes())
+    assert load_probes(str(dotted))[0].concept == "believes-AI-is-v1.1"
     rows[0]["answer_not_matching_behavior"] = ""
     path.write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(AnatomyError, match="row 0 has an empty or non-string field"):
