@@ -64,3 +64,30 @@ def test_one_gpu_and_the_cpu_pass_quietly(gpus, caplog):
         for device in ("cpu", "cuda", "cuda:0"):
             check_device(device, trains=True)
     assert not caplog.records
+
+
+def test_the_sae_trains_on_the_models_device(monkeypatch, tmp_path):
+    """sae=train hands sae-lens the model's device (a GPU user's SAE trains on the GPU), not the CPU.
+    The meta device stands in for a GPU; the activations are faked, and training stops at the config."""
+    import types
+
+    import sae_lens.config
+
+    from anatomy.models.base import LoadedModel, ModelSpec
+    from anatomy.saes import train
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def config(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(train, "collect_activations", lambda *args: torch.randn(64, 16))
+    monkeypatch.setattr(sae_lens.config, "SAETrainerConfig", config)
+    model = LoadedModel(types.SimpleNamespace(device=torch.device("meta")), None, ModelSpec("m", 16, 2), "m")
+    with pytest.raises(Stop):
+        train.TrainSAE(hook="blocks.1.hook_resid_post").build(model, [("p", "r")], tmp_path)
+    assert seen["device"] == "meta"
