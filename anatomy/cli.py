@@ -51,20 +51,20 @@ def main(cfg: DictConfig) -> float | None:
     import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from anatomy.errors import AnatomyError, check_types
+    from anatomy.loggers import NoLogger
     from anatomy.outputs import summary, write_failure
-    from anatomy.pipeline import run
+    from anatomy.pipeline import instantiate_node, run
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     out_dir = Path(hydra_cfg.runtime.output_dir)
-    logger = instantiate(cfg.logger)
-    logger.start(OmegaConf.to_container(cfg, resolve=True), out_dir)
-    metrics, error = {}, None
+    logger, metrics, error = NoLogger(), {}, None
     try:
+        logger = instantiate_node(cfg, "logger")  # a bad logger config or a W&B run that cannot start is
+        logger.start(OmegaConf.to_container(cfg, resolve=True), out_dir)  # recorded like any failure
         check_types("", Run, {key: cfg.get(key) for key in ("seed", "threads", "objective")})
         threads = int(cfg.threads) or _threads_per_job(hydra_cfg)
         if threads:

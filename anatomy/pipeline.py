@@ -51,26 +51,7 @@ class Stages:
 
 def build(cfg: DictConfig) -> Stages:
     """Instantiate every config node; a wrong key or value fails here, naming the node."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-    from omegaconf.errors import MissingMandatoryValue
-
-    built = {}
-    for name in NODES:
-        node = cfg.get(name)
-        if node is None or "_target_" not in node:
-            raise AnatomyError(f"config node {name!r} is missing or has no _target_")
-        try:
-            check_types(name, _target_class(node._target_), OmegaConf.to_container(node, resolve=True))
-            built[name] = instantiate(node, _convert_="all")
-        except MissingMandatoryValue as err:
-            raise AnatomyError(f"config {name}: {err.full_key or name} is required; set {err.full_key}=...") from None
-        except InstantiationException as err:
-            cause = err.__cause__ or err
-            if isinstance(cause, AnatomyError):
-                raise cause from None
-            raise AnatomyError(f"config {name} ({node['_target_']}): {cause}") from None
-    stages = Stages(**built)
+    stages = Stages(**{name: instantiate_node(cfg, name) for name in NODES})
     trains = getattr(stages.trainer, "enabled", False)
     acts = not isinstance(stages.intervention, NoIntervention)
     if acts and not trains:
@@ -81,6 +62,28 @@ def build(cfg: DictConfig) -> Stages:
     if trains and isinstance(stages.eval, NoEval):
         log.warning("trainer is set but eval=none: the trained model is saved, nothing is measured")
     return stages
+
+
+def instantiate_node(cfg: DictConfig, name: str):
+    """One config node's object, its values checked against its target's field types first; an error
+    names the node and the key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf.errors import MissingMandatoryValue
+
+    node = cfg.get(name)
+    if node is None or "_target_" not in node:
+        raise AnatomyError(f"config node {name!r} is missing or has no _target_")
+    try:
+        check_types(name, _target_class(node._target_), OmegaConf.to_container(node, resolve=True))
+        return instantiate(node, _convert_="all")
+    except MissingMandatoryValue as err:
+        raise AnatomyError(f"config {name}: {err.full_key or name} is required; set {err.full_key}=...") from None
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        if isinstance(cause, AnatomyError):
+            raise cause from None
+        raise AnatomyError(f"config {name} ({node['_target_']}): {cause}") from None
 
 
 def _target_class(target: str) -> type | None:

@@ -44,11 +44,17 @@ class WandbLogger:
         if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
             group = group or Path(HydraConfig.get().sweep.dir).name
             name = f"{Path(HydraConfig.get().sweep.dir).name}/{HydraConfig.get().job.num}"
-        self._run = wandb.init(
-            project=self.project, entity=self.entity, group=group, name=name, tags=list(self.tags),
-            config=config, dir=str(out_dir), mode=os.environ.get("WANDB_MODE", self.mode),
-            reinit="finish_previous",
-        )
+        mode = os.environ.get("WANDB_MODE", self.mode)
+        try:
+            self._run = wandb.init(
+                project=self.project, entity=self.entity, group=group, name=name, tags=list(self.tags),
+                config=config, dir=str(out_dir), mode=mode, reinit="finish_previous",
+            )
+        except Exception as err:  # not logged in, no network, an entity that does not exist
+            where = "WANDB_MODE" if "WANDB_MODE" in os.environ else "logger.mode"
+            raise AnatomyError(f"logger=wandb: cannot start a W&B run in {where}={mode} ({type(err).__name__}: "
+                               f"{err}); log in with `wandb login` (or set WANDB_API_KEY), or run offline "
+                               f"with {where}=offline and upload later with `wandb sync`") from err
 
     def finish(self, metrics: dict, out_dir: Path, error: BaseException | None = None) -> None:
         if self._run is None:

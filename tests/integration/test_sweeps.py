@@ -82,6 +82,21 @@ def test_wandb_offline_run_reads_back(tmp_path):
     assert record["state"] in ("finished", "completed", "FINISHED", "success") or record.get("exit_code") == 0
 
 
+def test_a_wandb_run_that_cannot_start_is_a_message_recorded_in_the_run_folder(tmp_path):
+    # Online without a login (no WANDB_API_KEY, no ~/.netrc): wandb raises before anything is computed.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    env.update(HOME=str(tmp_path), WANDB_MODE="online", TQDM_DISABLE="1")
+    done = subprocess.run([sys.executable, "-m", "anatomy.cli", *SMALL, *AUDIT, "logger=wandb",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said[-3000:]
+    assert "logger=wandb: cannot start a W&B run in WANDB_MODE=online" in said
+    assert "wandb login" in said and "Traceback" not in said
+    assert "No API key" in (tmp_path / "run" / "error.txt").read_text()
+    assert not (tmp_path / "run" / "hypotheses.csv").exists()
+
+
 def test_rerun_from_saved_config_reproduces_exactly(tmp_path):
     first = anatomy(tmp_path, *SMALL, *AUDIT, "hydra.run.dir=first")
     assert first.returncode == 0, first.stderr[-3000:]
