@@ -26,6 +26,7 @@ from anatomy.interventions import NoIntervention
 from anatomy.interventions.plan import Plan, edit_energy, planted_balance
 from anatomy.evidence import promoted_tokens, snippets, top_tokens
 from anatomy.hypotheses.ground_truth import name_concept, score
+from anatomy.models.hooks import check_points
 from anatomy.outputs import write_metrics, write_outputs
 from anatomy.select import Selection
 
@@ -129,9 +130,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     with timer("model"):
         model, hit = stages.model.load(texts)
     metrics["cache/model"] = float(hit)
+    known = [getattr(stages.sae, "hook", None), *stages.intervention.hook_points()]
+    check_points(model.model, [h for h in known if h])  # the modules they need, before the SAE and audit
     with timer("sae"):
         sae, hit = stages.sae.load(model, texts, model.key)
     metrics["cache/sae"] = float(hit)
+    check_points(model.model, [sae.hook])  # a pretrained or local SAE's own hook, before featurize
     metrics.update({"sae/d_sae": float(sae.d_sae), "sae/d_in": float(sae.d_in)})
     with timer("features"):
         feats, hit, features_key = stages.featurize.cached(model, sae, data.train)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from anatomy.errors import AnatomyError
-from anatomy.models.hooks import canonical_hook_name, parse_hook
+from anatomy.models.hooks import canonical_hook_name
 from anatomy.interventions.plan import Intervention, Plan, mixed_direction
 
 
@@ -31,10 +31,8 @@ class FeatureAblation(Intervention):
     extra_hooks: list[str] = field(default_factory=list)  # more hook points for the same projection
     mixed: bool = False  # one direction (the features' strength-weighted mix) instead of their whole span
 
-    def check(self, spec) -> None:
-        """The extra hook points exist in the model (checked before any model is built)."""
-        for hook in self.extra_hooks:
-            parse_hook(hook, spec.n_layers)
+    def hook_points(self) -> list[str]:
+        return list(self.extra_hooks)
 
     def plan(self, selection, features, sae) -> Plan:
         if not selection.block:

@@ -17,7 +17,7 @@ from anatomy.data.schema import concept_sides
 from anatomy.errors import AnatomyError
 from anatomy.features import Features
 from anatomy.models.base import LoadedModel, encode_batch
-from anatomy.models.hooks import HookFn, capture
+from anatomy.models.hooks import HookFn, capture, parse_hook
 from anatomy.select import Selection
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,15 @@ class Plan:
 class Intervention:
     """What every intervention option is: `check(spec)` before any model is built, then `plan`."""
 
+    def hook_points(self) -> list[str]:
+        """The hook points it edits besides the SAE's (checked before the model is built, and against
+        its modules once it loads)."""
+        return []
+
     def check(self, spec) -> None:
         """Fail on a config that cannot work with this model (e.g. a hook point it lacks); no I/O."""
+        for hook in self.hook_points():
+            parse_hook(hook, spec.n_layers)
 
     def plan(self, selection: Selection, features: Features, sae) -> Plan:
         raise NotImplementedError

@@ -76,6 +76,16 @@ def submodule(layer: nn.Module, point: str) -> nn.Module:
     )
 
 
+def check_points(model: nn.Module, names: list[str]) -> None:
+    """Each hook point exists on this model's modules (an attention / MLP output needs the module), so
+    a model without one fails once it loads, not at the first forward pass that uses the point."""
+    layers = decoder_layers(model)
+    for name in names:
+        layer, point = parse_hook(name, len(layers))
+        if point in SUBMODULES:
+            submodule(layers[layer], point)
+
+
 def _replace(output, new):
     if isinstance(output, tuple):
         return (new,) + tuple(output[1:])

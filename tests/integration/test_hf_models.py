@@ -22,7 +22,7 @@ N_PAIRS = 400
 
 
 def save_random_lm(folder: Path, arch: str) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, OPTConfig, OPTForCausalLM
 
     from anatomy.data.synthetic import SyntheticData
     from anatomy.models.tiny import train_tokenizer
@@ -35,6 +35,9 @@ def save_random_lm(folder: Path, arch: str) -> Path:
     if arch == "gpt_neox":
         model = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                                  num_attention_heads=2, max_position_embeddings=256, **ids))
+    elif arch == "opt":  # its layers hold the MLP's two linears themselves: no module for hook_mlp_out
+        model = OPTForCausalLM(OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=2,
+                                         word_embed_proj_dim=64, max_position_embeddings=256, **ids))
     else:
         model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=256, **ids))
     model.save_pretrained(folder)
@@ -160,3 +163,23 @@ def test_a_folder_with_a_config_but_no_weights_is_an_error_naming_the_keys(tmp_p
     assert model_spec(str(tmp_path)).d_model == 64  # the check before loading passes
     with pytest.raises(AnatomyError, match=r"cannot load its tokenizer or weights \(OSError: .*check model.name"):
         load_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("overrides", [
+    ("sae.hook=blocks.1.hook_mlp_out",),
+    ("sae.hook=blocks.1.hook_resid_post", "trainer=dpo", "intervention=feature_ablation",
+     "intervention.extra_hooks=[blocks.1.hook_mlp_out]", "select.block=[1]"),
+])
+def test_a_hook_point_the_models_layers_lack_fails_once_the_model_loads(tmp_path, monkeypatch, overrides):
+    """OPT's layers have no MLP module, so hook_mlp_out cannot exist there: an error naming it as soon
+    as the model loads, before an SAE is trained or the audit runs (the tripwire)."""
+    from anatomy.errors import AnatomyError
+    from anatomy.saes.train import TrainSAE
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the SAE was trained: the hook point was not checked once the model loaded")
+
+    monkeypatch.setattr(TrainSAE, "build", tripwire)
+    folder = save_random_lm(tmp_path / "opt", "opt")
+    with pytest.raises(AnatomyError, match="hook_mlp_out: OPTDecoderLayer has none of the attributes mlp, "):
+        run_study(tmp_path / "run", "model=hf", f"model.name={folder}", f"data.n_pairs={N_PAIRS}", *overrides)
