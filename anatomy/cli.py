@@ -63,8 +63,9 @@ def main(cfg: DictConfig) -> float | None:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     logger, metrics, error = NoLogger(), {}, None
     try:
-        logger = instantiate_node(cfg, "logger")  # a bad logger config or a W&B run that cannot start is
-        logger.start(OmegaConf.to_container(cfg, resolve=True), out_dir)  # recorded like any failure
+        # inside the try: a bad logger value, or a W&B run that cannot start, is recorded like any failure
+        logger = instantiate_node(cfg, "logger")
+        logger.start(OmegaConf.to_container(cfg, resolve=True), out_dir)
         check_types("", Run, {key: cfg.get(key) for key in ("seed", "threads", "objective")})
         threads = int(cfg.threads) or _threads_per_job(hydra_cfg)
         if threads:

@@ -122,7 +122,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         log.warning("data: no held-out pairs (data.heldout_fraction=0?): eval measures the learned shifts only, "
                     "not held-out accuracy")
     spec = stages.model.spec()
-    stages.model.check(getattr(stages.trainer, "enabled", False))  # the device exists, and training can use it
+    trains = getattr(stages.trainer, "enabled", False)
+    stages.model.check(trains)  # the device exists here, and training can run on it
     stages.sae.check(spec)  # the hook exists and the SAE fits the model, before any weight loads
     stages.intervention.check(spec)  # and so do the intervention's own hook points
     stages.select.check()  # and the verdicts file reads
@@ -185,7 +186,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     }
     # The audit's results are on disk before any training starts.
     write_outputs(out_dir, table, details, metrics, header, stages.evidence.max_report)
-    if getattr(stages.trainer, "enabled", False):
+    if trains:
         metrics.update(train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, out_dir))
         metrics.update(timer.metrics)
         write_metrics(out_dir, metrics)

@@ -1,8 +1,9 @@
 """Train an SAE with sae-lens on the model's activations at one hook, over the study's texts.
 
 Activations of every token of every (prompt, response) are read through the named hook, kept on the
-CPU, shuffled (seeded), and streamed to sae-lens's `SAETrainer`, which trains on the model's device. The result is saved with
-`save_inference_model` into the stage cache and loaded back with `SAE.load_from_disk`.
+CPU, shuffled (seeded), and streamed to sae-lens's `SAETrainer`, which trains on the model's device.
+The result is saved with `save_inference_model` into the stage cache and loaded back with
+`SAE.load_from_disk`.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ class TrainSAE:
         trainer = SAETrainer(
             SAETrainerConfig(
                 total_training_samples=self.training_tokens, train_batch_size_samples=self.batch_size,
-                lr=self.lr, lr_end=self.lr / 10, lr_scheduler_name="cosineannealing", device=str(model.model.device),
-                n_batches_for_norm_estimate=10,
+                lr=self.lr, lr_end=self.lr / 10, lr_scheduler_name="cosineannealing",
+                device=str(model.model.device), n_batches_for_norm_estimate=10,
             ),
             sae,
             _batches(acts, self.batch_size, self.seed),
