@@ -153,14 +153,15 @@ def test_a_run_stopped_by_hand_is_recorded_as_interrupted(tmp_path):
     env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "ANATOMY_CACHE": str(tmp_path / "cache")}
     run_dir = tmp_path / "run"
+    # The child starts with Ctrl-C's default action, as a command typed at a terminal does. A test run
+    # started in the background by a non-interactive shell (`bash .ci/run &`) inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler: the signal would be ignored, rightly.
     proc = subprocess.Popen([sys.executable, "-m", "anatomy.cli", *SMALL, *AUDIT, "logger=wandb",
                              "model.train_steps=100000", f"hydra.run.dir={run_dir}"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log, deadline = run_dir / "cli.log", time.time() + 300
     try:
-        # Wait for the pretraining loop. Sent 1 s after "stage model" on a loaded machine, the signal
-        # was once not acted on and the run went on pretraining (cause not found: the tokenizer's Rust
-        # training only defers a signal until it returns; imports are the other work before the loop).
         while not (log.exists() and "pretraining the tiny LM" in log.read_text()):
             assert proc.poll() is None and time.time() < deadline, "the run ended before its pretraining"
             time.sleep(0.2)
