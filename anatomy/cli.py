@@ -14,8 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,30 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class Terminated(KeyboardInterrupt):
+    """The job was told to stop by SIGTERM (`kill`, a cluster's time limit or preemption)."""
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """While the job runs, SIGTERM raises `Terminated`, so the job is stopped as by Ctrl-C: its
+    error.txt says so and its W&B run is closed as failed (Python's default would end the process
+    at once, with neither). The previous handler is restored afterwards. Left alone where SIGTERM
+    is ignored, or outside the main thread (where no handler can be set)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated(f"stopped by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -62,33 +89,34 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     out_dir = Path(hydra_cfg.runtime.output_dir)
     logger, metrics, error = NoLogger(), {}, None
-    try:
-        # inside the try: a bad logger value, or a W&B run that cannot start, is recorded like any failure
-        logger = instantiate_node(cfg, "logger")
-        logger.start(OmegaConf.to_container(cfg, resolve=True), out_dir)
-        check_types("", Run, {key: cfg.get(key) for key in ("seed", "threads", "objective")})
-        threads = int(cfg.threads) or _threads_per_job(hydra_cfg)
-        if threads:
-            torch.set_num_threads(threads)
-        seed_everything(int(cfg.seed))
-        metrics = run(cfg, out_dir)
-        if cfg.objective and cfg.objective not in metrics:  # (the run's results are written by now)
-            raise AnatomyError(f"objective {cfg.objective!r} is not among this job's metrics")
-    except KeyboardInterrupt as err:  # stopped by hand: recorded as such (not as a finished run); a sweep stops too
-        error = err
-        write_failure(out_dir, err)
-        raise
-    except Exception as err:  # recorded in the run folder; a sweep goes on with its next job
-        error = err
-        write_failure(out_dir, err)
-        if not multirun and isinstance(err, AnatomyError):  # bad input: the message, not a traceback
-            log.error("%s (recorded in %s/error.txt)", err, out_dir)
-            raise SystemExit(1) from None
-        if not multirun:
+    with sigterm_as_interrupt():  # `kill`, a cluster's time limit: recorded and closed like Ctrl-C
+        try:
+            # inside the try: a bad logger value, or a W&B run that cannot start, is recorded like any failure
+            logger = instantiate_node(cfg, "logger")
+            logger.start(OmegaConf.to_container(cfg, resolve=True), out_dir)
+            check_types("", Run, {key: cfg.get(key) for key in ("seed", "threads", "objective")})
+            threads = int(cfg.threads) or _threads_per_job(hydra_cfg)
+            if threads:
+                torch.set_num_threads(threads)
+            seed_everything(int(cfg.seed))
+            metrics = run(cfg, out_dir)
+            if cfg.objective and cfg.objective not in metrics:  # (the run's results are written by now)
+                raise AnatomyError(f"objective {cfg.objective!r} is not among this job's metrics")
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: recorded as such, not as a finished run; a sweep stops
+            error = err
+            write_failure(out_dir, err)
             raise
-        log.error("job failed (%s: %s); recorded in %s/error.txt", type(err).__name__, err, out_dir)
-    finally:
-        logger.finish(metrics, out_dir, error)
+        except Exception as err:  # recorded in the run folder; a sweep goes on with its next job
+            error = err
+            write_failure(out_dir, err)
+            if not multirun and isinstance(err, AnatomyError):  # bad input: the message, not a traceback
+                log.error("%s (recorded in %s/error.txt)", err, out_dir)
+                raise SystemExit(1) from None
+            if not multirun:
+                raise
+            log.error("job failed (%s: %s); recorded in %s/error.txt", type(err).__name__, err, out_dir)
+        finally:
+            logger.finish(metrics, out_dir, error)
     if error is None:
         print(summary(metrics, out_dir / "hypotheses.csv"))
     if cfg.objective:

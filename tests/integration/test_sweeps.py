@@ -147,9 +147,12 @@ def test_interrupted_sweep_resumes_from_the_cache(tmp_path):
     assert STABLE(metrics(tmp_path / "resumed" / "0")) == STABLE(metrics(tmp_path / "killed" / "0"))
 
 
-def test_a_run_stopped_by_hand_is_recorded_as_interrupted(tmp_path):
-    # Ctrl-C while the model pretrains (its own cache, so there is a model to build): the run folder
-    # says so in error.txt, and the W&B run is closed as failed, not as a finished run.
+@pytest.mark.parametrize("stop,recorded", [(signal.SIGINT, "KeyboardInterrupt"), (signal.SIGTERM, "Terminated")],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_run_stopped_by_hand_is_recorded_as_interrupted(tmp_path, stop, recorded):
+    # Ctrl-C, or `kill` (SIGTERM, as a cluster's time limit sends), while the model pretrains (its own
+    # cache, so there is a model to build): the run folder says so in error.txt, and the W&B run is
+    # closed as failed, not as a finished run.
     env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "ANATOMY_CACHE": str(tmp_path / "cache")}
     run_dir = tmp_path / "run"
@@ -166,18 +169,18 @@ def test_a_run_stopped_by_hand_is_recorded_as_interrupted(tmp_path):
             assert proc.poll() is None and time.time() < deadline, "the run ended before its pretraining"
             time.sleep(0.2)
         time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=120) != 0
     finally:
         if proc.poll() is None:  # never leave a 100,000-step pretraining running behind a failed test
             proc.kill()
             proc.wait()
-    assert (run_dir / "error.txt").read_text().startswith("KeyboardInterrupt")
+    assert (run_dir / "error.txt").read_text().startswith(recorded)
     assert not (run_dir / "hypotheses.csv").exists()
     (offline,) = run_dir.glob("wandb/offline-run-*")
     read = subprocess.run([str(Path(sys.executable).with_name("wandb")), "leet", "inspect", "--summary", "--json",
                            str(offline)], capture_output=True, text=True, timeout=120)
-    assert json.loads(read.stdout)["summary"]["error"].startswith("KeyboardInterrupt")
+    assert json.loads(read.stdout)["summary"]["error"].startswith(recorded)
 
 
 def test_report_gathers_a_sweep(tmp_path):
