@@ -74,6 +74,7 @@ class Run:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@sigterm_as_interrupt()  # `kill`, a cluster's time limit: the job is recorded and closed as after Ctrl-C
 def main(cfg: DictConfig) -> float | None:
     import torch
     from hydra.core.hydra_config import HydraConfig
@@ -89,34 +90,33 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     out_dir = Path(hydra_cfg.runtime.output_dir)
     logger, metrics, error = NoLogger(), {}, None
-    with sigterm_as_interrupt():  # `kill`, a cluster's time limit: recorded and closed like Ctrl-C
-        try:
-            # inside the try: a bad logger value, or a W&B run that cannot start, is recorded like any failure
-            logger = instantiate_node(cfg, "logger")
-            logger.start(OmegaConf.to_container(cfg, resolve=True), out_dir)
-            check_types("", Run, {key: cfg.get(key) for key in ("seed", "threads", "objective")})
-            threads = int(cfg.threads) or _threads_per_job(hydra_cfg)
-            if threads:
-                torch.set_num_threads(threads)
-            seed_everything(int(cfg.seed))
-            metrics = run(cfg, out_dir)
-            if cfg.objective and cfg.objective not in metrics:  # (the run's results are written by now)
-                raise AnatomyError(f"objective {cfg.objective!r} is not among this job's metrics")
-        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: recorded as such, not as a finished run; a sweep stops
-            error = err
-            write_failure(out_dir, err)
+    try:
+        # inside the try: a bad logger value, or a W&B run that cannot start, is recorded like any failure
+        logger = instantiate_node(cfg, "logger")
+        logger.start(OmegaConf.to_container(cfg, resolve=True), out_dir)
+        check_types("", Run, {key: cfg.get(key) for key in ("seed", "threads", "objective")})
+        threads = int(cfg.threads) or _threads_per_job(hydra_cfg)
+        if threads:
+            torch.set_num_threads(threads)
+        seed_everything(int(cfg.seed))
+        metrics = run(cfg, out_dir)
+        if cfg.objective and cfg.objective not in metrics:  # (the run's results are written by now)
+            raise AnatomyError(f"objective {cfg.objective!r} is not among this job's metrics")
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: recorded as such, not as a finished run; a sweep stops
+        error = err
+        write_failure(out_dir, err)
+        raise
+    except Exception as err:  # recorded in the run folder; a sweep goes on with its next job
+        error = err
+        write_failure(out_dir, err)
+        if not multirun and isinstance(err, AnatomyError):  # bad input: the message, not a traceback
+            log.error("%s (recorded in %s/error.txt)", err, out_dir)
+            raise SystemExit(1) from None
+        if not multirun:
             raise
-        except Exception as err:  # recorded in the run folder; a sweep goes on with its next job
-            error = err
-            write_failure(out_dir, err)
-            if not multirun and isinstance(err, AnatomyError):  # bad input: the message, not a traceback
-                log.error("%s (recorded in %s/error.txt)", err, out_dir)
-                raise SystemExit(1) from None
-            if not multirun:
-                raise
-            log.error("job failed (%s: %s); recorded in %s/error.txt", type(err).__name__, err, out_dir)
-        finally:
-            logger.finish(metrics, out_dir, error)
+        log.error("job failed (%s: %s); recorded in %s/error.txt", type(err).__name__, err, out_dir)
+    finally:
+        logger.finish(metrics, out_dir, error)
     if error is None:
         print(summary(metrics, out_dir / "hypotheses.csv"))
     if cfg.objective:
