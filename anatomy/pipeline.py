@@ -31,8 +31,8 @@ from anatomy.outputs import write_metrics, write_outputs
 from anatomy.select import Selection
 
 log = logging.getLogger(__name__)
-NODES = ("data", "model", "sae", "featurize", "hypothesis", "evidence", "select", "intervention", "trainer", "eval",
-         "logger")
+NODES = ("data", "model", "sae", "featurize", "hypothesis", "evidence", "select", "intervention", "trainer", "eval")
+# (the logger node is the CLI's: it starts before the pipeline and closes after it, also on failure)
 
 
 @dataclass
@@ -47,7 +47,6 @@ class Stages:
     intervention: object
     trainer: object
     eval: object
-    logger: object
 
 
 def build(cfg: DictConfig) -> Stages:
