@@ -26,6 +26,7 @@ from anatomy.interventions import NoIntervention
 from anatomy.interventions.plan import Plan, edit_energy, planted_balance
 from anatomy.evidence import promoted_tokens, snippets, top_tokens
 from anatomy.hypotheses.ground_truth import name_concept, score
+from anatomy.models.base import check_lengths
 from anatomy.models.hooks import check_points
 from anatomy.outputs import write_metrics, write_outputs
 from anatomy.select import Selection
@@ -132,6 +133,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     metrics["cache/model"] = float(hit)
     known = [getattr(stages.sae, "hook", None), *stages.intervention.hook_points()]
     check_points(model.model, [h for h in known if h])  # the modules they need, before the SAE and audit
+    check_lengths(model, {"sae.max_length": getattr(stages.sae, "max_length", None),  # and the lengths
+                          "featurize.max_length": stages.featurize.max_length,
+                          "trainer.max_length": getattr(stages.trainer, "max_length", None) if trains else None,
+                          "eval.max_length": getattr(stages.eval, "max_length", None)})
     with timer("sae"):
         sae, hit = stages.sae.load(model, texts, model.key)
     metrics["cache/sae"] = float(hit)
@@ -223,7 +228,7 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, ou
     with timer("intervention"):
         plan = stages.intervention.plan(selection, feats, sae)
         if plan.edits:  # how much of the activations each edit changes, on the starting model
-            plan.report.update(edit_energy(model, plan.edits, data.train))
+            plan.report.update(edit_energy(model, plan.edits, data.train, max_length=stages.trainer.max_length))
     metrics.update(plan.report)
     metrics.update(planted_balance(data.train, plan.weights))  # synthetic data: the plan against the truth
     if not isinstance(stages.eval, NoEval):  # what eval.max_length will cut, said before training

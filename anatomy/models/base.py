@@ -70,6 +70,32 @@ def check_device(device: str, trains: bool) -> None:
         raise AnatomyError(f"model.device={device!r}: MPS is not available here; use model.device=cpu")
 
 
+# Names of learned position-embedding tables (GPT-2 and GPT-Neo `wpe`, OPT and BioGPT `embed_positions`):
+# a sequence longer than the model's positions indexes past the table and fails in the forward pass.
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
+
+
+def position_limit(model: PreTrainedModel) -> int | None:
+    """How many positions the model can read, where a learned table fixes it (rotary and ALiBi models: None)."""
+    learned = any(isinstance(m, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in POSITION_TABLES
+                  for name, m in model.named_modules())
+    if not learned:
+        return None
+    config = getattr(model.config, "text_config", model.config)
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    return int(limit) if limit else None
+
+
+def check_lengths(model: LoadedModel, lengths: dict[str, int | None]) -> None:
+    """Every configured sequence length fits the model's learned positions, before any of them is used."""
+    limit = position_limit(model.model)
+    over = [f"{key}={value}" for key, value in lengths.items() if limit and value and value > limit]
+    if over:
+        raise AnatomyError(f"{', '.join(over)}: model {model.path!r} has learned position embeddings for "
+                           f"{limit} tokens, and a longer input fails; set {'each' if len(over) > 1 else 'it'} "
+                           f"to at most {limit}")
+
+
 def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int,
                 eos: bool = False) -> tuple[list[int], int]:
     """Token ids of prompt + response, and where the response starts.

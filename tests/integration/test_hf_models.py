@@ -183,3 +183,22 @@ def test_a_hook_point_the_models_layers_lack_fails_once_the_model_loads(tmp_path
     folder = save_random_lm(tmp_path / "opt", "opt")
     with pytest.raises(AnatomyError, match="hook_mlp_out: OPTDecoderLayer has none of the attributes mlp, "):
         run_study(tmp_path / "run", "model=hf", f"model.name={folder}", f"data.n_pairs={N_PAIRS}", *overrides)
+
+
+def test_lengths_beyond_a_models_learned_positions_fail_once_it_loads(tmp_path, monkeypatch):
+    """GPT-2 reads at most n_positions tokens (256 here): a longer featurize.max_length would index past
+    its position table mid-featurize. It is an error naming the key as soon as the model loads, before
+    the SAE is trained (the tripwire)."""
+    from anatomy.errors import AnatomyError
+    from anatomy.saes.train import TrainSAE
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the SAE was trained: the lengths were not checked once the model loaded")
+
+    monkeypatch.setattr(TrainSAE, "build", tripwire)
+    folder = save_random_lm(tmp_path / "gpt2", "gpt2")
+    with pytest.raises(AnatomyError, match=r"featurize.max_length=512, eval.max_length=300: model .* has learned "
+                                           r"position embeddings for 256 tokens.*set each to at most 256"):
+        run_study(tmp_path / "run", "model=hf", f"model.name={folder}", f"data.n_pairs={N_PAIRS}",
+                  "sae.hook=blocks.1.hook_resid_post", "featurize.max_length=512", "eval.max_length=300",
+                  "trainer=dpo", "intervention=none")

@@ -91,3 +91,18 @@ def test_the_sae_trains_on_the_models_device(monkeypatch, tmp_path):
     with pytest.raises(Stop):
         train.TrainSAE(hook="blocks.1.hook_resid_post").build(model, [("p", "r")], tmp_path)
     assert seen["device"] == "meta"
+
+
+def test_position_limit_is_the_learned_tables_length_and_none_for_rotary_models():
+    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, OPTConfig,
+                              OPTForCausalLM)
+
+    from anatomy.models.base import position_limit
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=128, vocab_size=64))
+    opt = OPTForCausalLM(OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2,
+                                   word_embed_proj_dim=32, max_position_embeddings=96, vocab_size=64))
+    neox = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, max_position_embeddings=96, vocab_size=64))
+    assert position_limit(gpt2) == 128 and position_limit(opt) == 96  # (OPT's table has 2 more rows: an offset)
+    assert position_limit(neox) is None  # rotary: no table to index past
