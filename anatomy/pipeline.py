@@ -87,6 +87,17 @@ def instantiate_node(cfg: DictConfig, name: str):
         raise AnatomyError(f"config {name} ({node['_target_']}): {cause}") from None
 
 
+def check_loaded(stages: Stages, model, trains: bool) -> None:
+    """Checks that need the loaded model's modules: the hook points the SAE config and the
+    intervention name exist on them, and every configured sequence length fits its positions."""
+    known = [getattr(stages.sae, "hook", None), *stages.intervention.hook_points()]
+    check_points(model.model, [h for h in known if h])
+    check_lengths(model, {"sae.max_length": getattr(stages.sae, "max_length", None),
+                          "featurize.max_length": stages.featurize.max_length,
+                          "trainer.max_length": getattr(stages.trainer, "max_length", None) if trains else None,
+                          "eval.max_length": getattr(stages.eval, "max_length", None)})
+
+
 def _target_class(target: str) -> type | None:
     """The class a node's _target_ names, or None if it does not import (instantiate then says why)."""
     from hydra.utils import get_class
@@ -131,12 +142,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     with timer("model"):
         model, hit = stages.model.load(texts)
     metrics["cache/model"] = float(hit)
-    known = [getattr(stages.sae, "hook", None), *stages.intervention.hook_points()]
-    check_points(model.model, [h for h in known if h])  # the modules they need, before the SAE and audit
-    check_lengths(model, {"sae.max_length": getattr(stages.sae, "max_length", None),  # and the lengths
-                          "featurize.max_length": stages.featurize.max_length,
-                          "trainer.max_length": getattr(stages.trainer, "max_length", None) if trains else None,
-                          "eval.max_length": getattr(stages.eval, "max_length", None)})
+    check_loaded(stages, model, trains)  # what only its modules tell, before the SAE and the audit
     with timer("sae"):
         sae, hit = stages.sae.load(model, texts, model.key)
     metrics["cache/sae"] = float(hit)
