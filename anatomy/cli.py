@@ -73,9 +73,21 @@ class Run:
     objective: str | None = None  # a metric the job returns to a sweeper
 
 
+def main() -> None:
+    """The `anatomy` command. A job stopped by SIGTERM exits with status 143 (128 + SIGTERM), as a
+    process that SIGTERM ends does, after its cleanup, so a shell or a scheduler sees what stopped it;
+    one stopped by Ctrl-C ends as Python's KeyboardInterrupt does (130)."""
+    try:
+        job()
+    except Terminated as err:
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 @sigterm_as_interrupt()  # `kill`, a cluster's time limit: the job is recorded and closed as after Ctrl-C
-def main(cfg: DictConfig) -> float | None:
+def job(cfg: DictConfig) -> float | None:
+    """One run, or one job of a sweep: build and run the pipeline, record what happened."""
     import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -128,7 +140,7 @@ def main(cfg: DictConfig) -> float | None:
 
 class FailedJobs(Callback):
     """At the end of a sweep: how many of its jobs failed (each left its error.txt), and exit status 1
-    if any did. The sweep itself goes on past a failed job (`main`)."""
+    if any did. The sweep itself goes on past a failed job (`job`)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.start = time.time()
