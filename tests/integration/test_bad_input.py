@@ -394,7 +394,7 @@ def test_a_folder_that_holds_an_earlier_run_is_refused_before_anything_is_writte
     assert f"{key}={earlier} already holds an earlier {what}" in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     on_disk = {str(p.relative_to(earlier)): p.read_text() for p in earlier.rglob("*") if p.is_file()}
-    assert on_disk == record  # nothing written, nothing changed (no cli.log, no new .hydra files)
+    assert on_disk == record  # nothing written, nothing changed (no anatomy.log, no new .hydra files)
 
 
 @pytest.mark.slow

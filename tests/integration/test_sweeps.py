@@ -164,7 +164,7 @@ def test_a_run_stopped_by_hand_is_recorded_as_interrupted(tmp_path, stop, record
                              "model.train_steps=100000", f"hydra.run.dir={run_dir}"],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    log, deadline = run_dir / "cli.log", time.time() + 300
+    log, deadline = run_dir / "anatomy.log", time.time() + 300
     try:
         while not (log.exists() and "pretraining the tiny LM" in log.read_text()):
             assert proc.poll() is None and time.time() < deadline, "the run ended before its pretraining"
