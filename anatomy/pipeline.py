@@ -24,6 +24,7 @@ from anatomy.errors import AnatomyError, check_types
 from anatomy.eval import NoEval
 from anatomy.interventions import NoIntervention
 from anatomy.interventions.plan import Plan, edit_energy, planted_balance
+from anatomy.interventions.steering import FeatureSteering
 from anatomy.evidence import promoted_tokens, snippets, top_tokens
 from anatomy.hypotheses.ground_truth import name_concept, score
 from anatomy.models.base import check_lengths
@@ -62,6 +63,15 @@ def build(cfg: DictConfig) -> Stages:
                            "set select.block=[...], select.amplify=[...] or select.verdicts=FILE")
     if trains and isinstance(stages.eval, NoEval):
         log.warning("trainer is set but eval=none: the trained model is saved, nothing is measured")
+    if trains and isinstance(stages.intervention, FeatureSteering):
+        from anatomy.trainers.reward import RewardModel
+
+        if isinstance(stages.trainer, RewardModel):
+            log.warning("intervention=feature_steering with trainer=reward_model: the vector is added to both "
+                        "responses of a pair and a reward model learns from their difference, so supplying a "
+                        "concept does not stand in for learning it (the README's reward-model comparison: it "
+                        "removed none of markdown's shift); to block a concept in a reward model, prefer "
+                        "intervention=data_reweighting or data_filtering")
     return stages
 
 

@@ -116,3 +116,21 @@ def test_type_check_accepts_what_the_fields_take_and_names_what_they_do_not():
         check_types("data", SyntheticData, {"rates": {"markdown": [None, 0.5]}})
     with pytest.raises(AnatomyError, match="data.n_pairs: expected a whole number"):
         check_types("data", SyntheticData, {"n_pairs": True})
+
+
+def test_combinations_that_cannot_work_fail_or_warn_when_the_stages_are_built(caplog):
+    import logging
+
+    from anatomy.errors import AnatomyError
+    from anatomy.pipeline import build
+
+    with pytest.raises(AnatomyError, match="an intervention needs a trainer"):
+        build(compose("intervention=feature_ablation", "trainer=none"))
+    with pytest.raises(AnatomyError, match="acts on selected concepts"):
+        build(compose("intervention=data_filtering", "select.block=[]"))
+    with caplog.at_level(logging.WARNING, logger="anatomy.pipeline"):
+        build(compose("intervention=feature_steering", "trainer=dpo"))
+        assert not caplog.records  # steering is what DPO is measured with
+        build(compose("intervention=feature_steering", "trainer=reward_model"))
+    (warned,) = [r.getMessage() for r in caplog.records]
+    assert "feature_steering with trainer=reward_model" in warned and "data_reweighting" in warned
