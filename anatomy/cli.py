@@ -6,7 +6,8 @@
     anatomy -m hypothesis.alpha=0.01,0.05          # a sweep (one run folder per job)
     anatomy --cfg job                              # print the composed config and exit
 
-Every run writes hypotheses.csv, hypotheses.md, metrics.json and .hydra/ into its own folder.
+Every run writes hypotheses.csv, hypotheses.md, metrics.json, environment.json and .hydra/ into its own
+folder.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def job(cfg: DictConfig) -> float | None:
 
     from anatomy.errors import AnatomyError, check_types
     from anatomy.loggers import NoLogger
-    from anatomy.outputs import summary, write_failure
+    from anatomy.outputs import summary, write_environment, write_failure
     from anatomy.pipeline import instantiate_node, run
 
     hydra_cfg = HydraConfig.get()
@@ -111,6 +112,7 @@ def job(cfg: DictConfig) -> float | None:
         if threads:
             torch.set_num_threads(threads)
         seed_everything(int(cfg.seed))
+        write_environment(out_dir, OmegaConf.select(cfg, "model.device"))  # versions, CPU kernels, commit
         metrics = run(cfg, out_dir)
         if cfg.objective and cfg.objective not in metrics:  # (the run's results are written by now)
             raise AnatomyError(f"objective {cfg.objective!r} is not among this job's metrics")

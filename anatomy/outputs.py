@@ -1,4 +1,5 @@
-"""What a run leaves in its folder: hypotheses.csv, hypotheses.md, metrics.json (Hydra adds .hydra/).
+"""What a run leaves in its folder: hypotheses.csv, hypotheses.md, metrics.json, environment.json,
+error.txt when it fails (Hydra adds .hydra/).
 
 Each file is written to a temporary name and renamed, so a failing run never leaves a torn file.
 """
@@ -41,6 +42,14 @@ def write_failure(out_dir: Path, error: BaseException) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     text = f"{type(error).__name__}: {error}\n\n" + "".join(traceback.format_exception(error))
     atomic_write(out_dir / "error.txt", text)
+
+
+def write_environment(out_dir: Path, device: str | None) -> None:
+    """environment.json: what the run ran on (anatomy/environment.py), before any stage starts."""
+    from anatomy.environment import environment
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "environment.json", json.dumps(environment(device), indent=2) + "\n")
 
 
 def write_metrics(out_dir: Path, metrics: dict) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from anatomy.errors import AnatomyError
 
 MODES = ("offline", "online", "disabled")
-FILES = ("hypotheses.csv", "hypotheses.md", "metrics.json", "selection.json", ".hydra/config.yaml",
+FILES = ("hypotheses.csv", "hypotheses.md", "metrics.json", "selection.json", "environment.json", ".hydra/config.yaml",
          ".hydra/overrides.yaml")
 
 

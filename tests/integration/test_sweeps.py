@@ -108,6 +108,10 @@ def test_rerun_from_saved_config_reproduces_exactly(tmp_path):
     assert metrics(tmp_path / "again")["cache/model"] == 0.0
     assert (tmp_path / "again" / "hypotheses.csv").read_text() == (tmp_path / "first" / "hypotheses.csv").read_text()
     assert STABLE(metrics(tmp_path / "again")) == STABLE(metrics(tmp_path / "first"))
+    # and each run says what it ran on: the same machine, versions and code, its own command line
+    first_env, again_env = (json.loads((tmp_path / run / "environment.json").read_text()) for run in ("first", "again"))
+    assert {k: v for k, v in first_env.items() if k != "command"} == {k: v for k, v in again_env.items() if k != "command"}
+    assert "--config-name" in again_env["command"] and "hydra.run.dir=first" in first_env["command"]
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):

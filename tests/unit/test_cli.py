@@ -43,3 +43,25 @@ def test_outside_the_main_thread_nothing_is_installed():
     thread.start()
     thread.join()
     assert seen == [before]
+
+
+def test_the_environment_record_says_what_the_numbers_came_from():
+    import json
+    import subprocess
+    from pathlib import Path
+
+    import torch
+
+    from anatomy.environment import environment
+
+    record = json.loads(json.dumps(environment("cpu")))  # it is JSON as written
+    assert record["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert record["packages"]["anatomy"] and record["packages"]["trl"] and record["packages"]["sae-lens"]
+    assert record["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert record["torch_threads"] == torch.get_num_threads() and record["device"] == "cpu"
+    root = Path(__file__).resolve().parents[2]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    if head.returncode != 0:
+        assert record["code"] is None  # not a git checkout: the package version says it
+    else:
+        assert record["code"]["commit"] == head.stdout.strip()
