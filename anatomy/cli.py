@@ -112,7 +112,7 @@ def job(cfg: DictConfig) -> float | None:
         if threads:
             torch.set_num_threads(threads)
         seed_everything(int(cfg.seed))
-        write_environment(out_dir, OmegaConf.select(cfg, "model.device"))  # versions, CPU kernels, commit
+        write_environment(out_dir, OmegaConf.select(cfg, "model.device", default="cpu"))  # versions, kernels, commit
         metrics = run(cfg, out_dir)
         if cfg.objective and cfg.objective not in metrics:  # (the run's results are written by now)
             raise AnatomyError(f"objective {cfg.objective!r} is not among this job's metrics")

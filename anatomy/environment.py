@@ -26,7 +26,7 @@ def environment(device: str | None = None) -> dict:
     """Versions, machine, torch's CPU kernels and threads, the GPU (where one is used), the code's commit."""
     import torch
 
-    record = {
+    return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_model(),
@@ -36,9 +36,8 @@ def environment(device: str | None = None) -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "packages": {name: _version(name) for name in PACKAGES},
         "code": _commit(Path(__file__).resolve().parents[1]),
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],  # this process's (a parallel launcher's worker's)
     }
-    return record
 
 
 def _version(name: str) -> str | None:
