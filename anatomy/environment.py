@@ -4,7 +4,8 @@ The same config gives the same numbers on the same kind of machine. Across machi
 CPU kernels (AVX2, AVX-512) and the BLAS library round floats differently; trained components (the
 tiny LM, the SAE) amplify that, so a study's numbers can differ beyond the last digit. This record
 says which versions, CPU kernels, threads and device produced a run's numbers, and which commit of
-anatomy (with uncommitted changes or not), so two runs that disagree can be told apart.
+anatomy (with uncommitted changes or not) the checkout was at when the run started, so two runs
+that disagree can be told apart. `anatomy-report` names whatever differs among a sweep's jobs.
 
     python -m anatomy.environment      # print this machine's record
 """

@@ -24,6 +24,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+# The parts of a job's environment.json that can change its numbers (packages are compared one by one).
+ENVIRONMENT = ("cpu", "torch_cpu_capability", "device", "cuda", "code")
+
 
 def gather(sweep_dir: Path) -> pd.DataFrame:
     rows = []
@@ -37,11 +40,27 @@ def gather(sweep_dir: Path) -> pd.DataFrame:
         metrics_file = job / "metrics.json"
         if metrics_file.exists():
             row.update(json.loads(metrics_file.read_text()))
+        if (job / "environment.json").exists():
+            env = json.loads((job / "environment.json").read_text())
+            row.update({f"env/{key}": _flat(env.get(key)) for key in ENVIRONMENT})
+            row.update({f"env/packages/{name}": _flat(v) for name, v in (env.get("packages") or {}).items()})
         row["status"] = "ok" if "eval/heldout_accuracy" in row or "audit/n_tested" in row else "failed"
         rows.append(row)
     if not rows:
         raise SystemExit(f"anatomy-report: no job folders (with .hydra/) under {sweep_dir}")
     return pd.DataFrame(rows)
+
+
+def mixed_environments(table: pd.DataFrame) -> list[str]:
+    """One line per part of `environment.json` in which the sweep's jobs differ (the CPU's kernels,
+    the GPU, a package version, the code's commit): their numbers may differ for that reason alone."""
+    lines = []
+    for column in (c for c in table.columns if c.startswith("env/")):
+        seen = table.dropna(subset=[column]).groupby(column)["job"].apply(list)  # (jobs without the file: unknown)
+        if len(seen) > 1:
+            lines.append(f"{column.removeprefix('env/')}: " + "; ".join(
+                f"{value} (jobs {', '.join(sorted(jobs, key=_natural))})" for value, jobs in seen.items()))
+    return lines
 
 
 def against_baseline(table: pd.DataFrame, against: str, metrics: list[str]) -> pd.DataFrame:
@@ -124,10 +143,17 @@ def main(argv: list[str] | None = None) -> None:
     table.to_csv(args.sweep_dir / "report.csv", index=False)
     text = summary.to_markdown(index=False) if _has_tabulate() else summary.to_string(index=False)
     failed = table[table["status"] == "failed"]["job"].tolist()
-    (args.sweep_dir / "report.md").write_text(text + ("\n\nfailed jobs: " + ", ".join(failed) if failed else "") + "\n")
+    mixed = mixed_environments(table)
+    if mixed:
+        mixed = ["the jobs ran on different machines, software or code; numbers can differ for that alone "
+                 "(README, Reproducing a run):", *mixed]
+    notes = ([f"failed jobs: {', '.join(failed)}"] if failed else []) + mixed
+    (args.sweep_dir / "report.md").write_text(text + "".join(f"\n\n{n}" for n in notes) + "\n")
     figure = plot(table, args.over, args.sweep_dir / "report.png")
-    write_html(args.sweep_dir / "report.html", summary, figure, failed)
+    write_html(args.sweep_dir / "report.html", summary, figure, notes)
     print(text)
+    for line in mixed:
+        print(line)
     print(f"\n{len(table)} jobs ({len(failed)} failed); wrote report.csv, report.md, report.png, report.html "
           f"in {args.sweep_dir}")
 
@@ -165,16 +191,27 @@ def plot(table: pd.DataFrame, over: list[str], path: Path) -> Path | None:
     return path
 
 
-def write_html(path: Path, summary: pd.DataFrame, figure: Path | None, failed: list[str]) -> None:
+def write_html(path: Path, summary: pd.DataFrame, figure: Path | None, notes: list[str]) -> None:
     import base64
+    import html
 
     img = ""
     if figure is not None:
         data = base64.b64encode(figure.read_bytes()).decode()
         img = f'<img alt="learned shift per concept" src="data:image/png;base64,{data}">'
-    fails = f"<p>failed jobs: {', '.join(failed)}</p>" if failed else ""
+    paragraphs = "".join(f"<p>{html.escape(note)}</p>" for note in notes)
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>anatomy sweep report</title></head>"
-                    f"<body><h1>anatomy sweep report</h1>{img}{summary.to_html(index=False)}{fails}</body></html>\n")
+                    f"<body><h1>anatomy sweep report</h1>{img}{summary.to_html(index=False)}{paragraphs}</body></html>\n")
+
+
+def _natural(job: str) -> tuple:
+    """Job folders in number order: 2 before 10."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in job.split("/"))
+
+
+def _flat(value) -> str:
+    """One comparable string per value (a record's None is "null", not a missing value)."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _joined(frame: pd.DataFrame, columns: list[str], sep: str) -> pd.Series:

@@ -1,6 +1,7 @@
 """anatomy-report's comparison of each job with its baseline job (`--against`), on hand-made job folders."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -56,3 +57,26 @@ def test_against_needs_a_swept_override_and_a_baseline_job(sweep):
         report([str(sweep), "--against", "trainer=dpo"])
     with pytest.raises(SystemExit, match="no finished job has intervention=nothing"):
         report([str(sweep), "--against", "intervention=nothing"])
+
+
+def test_jobs_run_on_different_machines_or_versions_are_named(sweep, capsys):
+    from anatomy.environment import environment
+
+    here = environment("cpu")
+    for name in ("0", "1", "2"):
+        (sweep / name / "environment.json").write_text(json.dumps(here))
+    report([str(sweep)])  # the same environment, and jobs without the file (older runs): nothing said
+    assert "different machines" not in (sweep / "report.md").read_text() + capsys.readouterr().out
+    other = {**here, "torch_cpu_capability": "AVX512", "cuda": "NVIDIA H100",
+             "packages": {**here["packages"], "trl": "0.0.1"}}
+    (sweep / "3" / "environment.json").write_text(json.dumps(other))
+    report([str(sweep)])
+    said = capsys.readouterr().out
+    for text in (said, (sweep / "report.md").read_text(), (sweep / "report.html").read_text()):
+        assert "the jobs ran on different machines, software or code" in text
+        lines = {line.split(": ", 1)[0]: set(line.split(": ", 1)[1].split("; ")) for line in re.split("\n|</?p>", text)
+                 if ": " in line and "(jobs " in line}  # (report.html: one paragraph each)
+        assert lines["torch_cpu_capability"] == {"AVX512 (jobs 3)", f"{here['torch_cpu_capability']} (jobs 0, 1, 2)"}
+        assert lines["cuda"] == {"NVIDIA H100 (jobs 3)", "null (jobs 0, 1, 2)"}
+        assert lines["packages/trl"] == {"0.0.1 (jobs 3)", f"{here['packages']['trl']} (jobs 0, 1, 2)"}
+        assert "cpu" not in lines and "packages/torch" not in lines  # only what differs
