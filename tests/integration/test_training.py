@@ -325,12 +325,12 @@ CUT = {"feature_ablation": 0.5, "feature_steering": 0.5, "data_filtering": 0.8, 
 # Both misses are what training without markdown's signal costs on held-out pairs that still carry
 # it: a model trained on data where markdown is planted independently of the preference scores 0.91x
 # on the default held-out pairs (experiment=markdown_independent, README).
-ACCURACY_MISS = {
-    "data_filtering": "the filtered model learns an aversion to markdown (shift -3.09 here) and so gets the "
-                      "held-out pairs where markdown marks the chosen response wrong: 0.725 vs 0.806 here, "
-                      "0.89x over 3 seeds at full size; where markdown does not differ it keeps 1.11x",
-    "data_reweighting": "0.756 vs 0.806 here (0.94x), 0.94x over 3 seeds at full size: the points markdown "
-                        "earned as a shortcut; where markdown does not differ it keeps 1.12x",
+ACCURACY_MISS = {  # why, with the full-size study's numbers (README); this run's own numbers go before it
+    "data_filtering": "the filtered model learns an aversion to markdown and so gets the held-out pairs where "
+                      "markdown marks the chosen response wrong; 0.89x over 3 seeds at full size, where markdown "
+                      "does not differ 0.99x",
+    "data_reweighting": "the points markdown earned as a shortcut; 0.94x over 3 seeds at full size, where markdown "
+                        "does not differ 1.01x",
 }
 
 
@@ -403,12 +403,15 @@ def test_each_intervention_keeps_heldout_accuracy_where_markdown_is_no_shortcut(
 
 
 def test_each_intervention_keeps_heldout_accuracy(intervened, reweighted, request):
-    # ablation 0.831, steering 0.853, filtering 0.725, reweighting 0.756, against the baseline's 0.806
+    # (once measured: ablation 0.831, steering 0.853, filtering 0.725, reweighting 0.756, against 0.806)
     name, metrics = intervened
+    accuracy, base = metrics["eval/heldout_accuracy"], reweighted[0]["eval/baseline/heldout_accuracy"]
     if name in ACCURACY_MISS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="known miss: " + ACCURACY_MISS[name]))
-    base = reweighted[0]["eval/baseline/heldout_accuracy"]
-    assert metrics["eval/heldout_accuracy"] >= 0.95 * base, (name, metrics["eval/heldout_accuracy"], base)
+        same = metrics["eval/heldout_accuracy_same/markdown"] / reweighted[0]["eval/baseline/heldout_accuracy_same/markdown"]
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            f"known miss: {accuracy:.3f} vs {base:.3f} here ({accuracy / base:.2f}x; where markdown does not "
+            f"differ {same:.2f}x, markdown shift {metrics['eval/shift/markdown']:+.2f}): {ACCURACY_MISS[name]}")))
+    assert accuracy >= 0.95 * base, (name, accuracy, base)
 
 
 def test_the_run_folder_has_metrics_and_the_trained_model(reweighted, study):
