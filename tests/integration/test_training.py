@@ -6,12 +6,13 @@ each DPO / reward-model run trains on the study's ~320 training pairs for 2 epoc
 The issue's claims, in small (1 seed, `STUDY`: 320 training pairs, 320 held-out ones so that
 accuracies are not 80-pair coin flips), with each measured value in a comment:
 - the baseline learns markdown; reweighting and filtering cut its shift by >= 80%, steering by
-  >= 50%; ablation by >= 50% here (77% measured): its 80% holds for the mean over seeds at full size,
-  not on every seed (57%, 112%, 119% in the README's study), so a 1-seed test of 80% would test luck;
+  >= 50%; ablation by >= 50% here (77% measured on one machine): its 80% holds for the mean over
+  seeds at full size, not on every seed (57%, 112%, 119% in the README's study; 26%, 84%, 227% on
+  another kind of machine), so a 1-seed test of 80% would test luck;
 - held-out accuracy where markdown does not differ stays >= 95% of the baseline's for all four, and
   overall held-out accuracy for ablation and steering; for filtering and reweighting it does not
-  (0.90x and 0.94x here, 0.89x and 0.94x at full size: the README explains why), strict xfails that
-  record it;
+  (0.89x and 0.94x at full size: the README explains why), strict xfails that record it with this
+  run's own numbers (which depend on the machine: 0.90x and 0.94x on one, 0.83x and 0.84x on another);
 - amplifying refusal raises its shift.
 """
 
