@@ -117,6 +117,11 @@ class Select:
         both = set(chosen["block"]) & set(chosen["amplify"])
         if both:
             raise AnatomyError(f"select: features {sorted(both)} are both blocked and amplified")
+        if self.verdicts and not chosen["block"] and not chosen["amplify"]:
+            raise AnatomyError(
+                f"select: nothing selected: select.verdicts={self.verdicts} blocks and amplifies nothing, and overrides "
+                "select.block / select.amplify for every feature it names. Set some features to block or amplify "
+                "in it, or audit only with trainer=none intervention=none eval=none")
         if (self.block or self.amplify) and not chosen["block"] and not chosen["amplify"]:
             raise AnatomyError(
                 f"select: nothing selected: {', '.join(unmatched)} match no significant hypothesis's top tokens. "
