@@ -1,5 +1,5 @@
-"""What a run leaves in its folder: hypotheses.csv, hypotheses.md, metrics.json, environment.json,
-error.txt when it fails (Hydra adds .hydra/).
+"""What a run leaves in its folder: hypotheses.csv, hypotheses.md, verdicts.yaml, metrics.json,
+environment.json, error.txt when it fails (Hydra adds .hydra/).
 
 Each file is written to a temporary name and renamed, so a failing run never leaves a torn file.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +33,32 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, details: dict, metrics: di
     columns = CSV_COLUMNS + [c for c in table.columns if c not in CSV_COLUMNS]
     atomic_write(out_dir / "hypotheses.csv", table[columns].to_csv(index=False))
     atomic_write(out_dir / "hypotheses.md", render_markdown(table, details, metrics, header, max_report))
+    write_verdicts(out_dir, table, header)
     write_metrics(out_dir, metrics)
+
+
+def write_verdicts(out_dir: Path, table: pd.DataFrame, header: dict, decided: dict[int, str] | None = None) -> None:
+    """verdicts.yaml: a `select.verdicts` file for this audit, to edit and pass back. Every significant
+    hypothesis, strongest first as in hypotheses.md, with this run's verdict (`decided`: the features
+    its selection blocked or amplified; allow for the rest) and, as a comment, what it is."""
+    decided = decided or {}
+    sig = table[table["significant"]]
+    sig = sig.assign(strength=sig["effect"].abs()).sort_values(["q_value", "strength"], ascending=[True, False])
+    rows = {int(f): row for f, row in zip(sig["feature"], sig.to_dict("records"))}
+    rows.update({f: table.loc[table["feature"] == f].iloc[0].to_dict() for f in decided if f not in rows})
+    lines = [
+        f"# select.verdicts for this audit: {len(sig)} significant hypotheses, strongest first (evidence: hypotheses.md).",
+        "# Set each to allow, block or amplify, then run the same config with select.verdicts=<this file>;",
+        "# the file overrides select.block / select.amplify for the features it names.",
+        "# Feature ids are those of this SAE; another (another seed, model or machine) numbers its features otherwise:",
+        f"#   {header['sae']} at {header['hook']}",
+    ]
+    for feature, row in rows.items():
+        concept = f"; names {row['concept']}" if isinstance(row.get("concept"), str) else ""
+        tokens = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(row.get("top_tokens") or ""))
+        lines.append(f"{f'{feature}:':<6} {decided.get(feature, 'allow'):<8} # favours {row['direction']}, effect "
+                     f"{row['effect']:+.2f}, top tokens {tokens}{concept}")
+    atomic_write(out_dir / "verdicts.yaml", "\n".join(lines) + "\n")
 
 
 def write_failure(out_dir: Path, error: BaseException) -> None:
@@ -152,6 +178,9 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
             out.append(acc + ")")
         else:
             out.append("held-out accuracy: no held-out pairs (data.heldout_fraction)")
+    if not any(k.startswith(("train/", "eval/")) for k in metrics):  # an audit only: what to do next
+        out += ["", f"to decide: set block / amplify in {table_path.parent / 'verdicts.yaml'}, then train with the",
+                "same config and select.verdicts=<that file> (README, Decide)"]
     timing = ", ".join(f"{k[7:-2]} {v:.0f}s" for k, v in metrics.items() if k.startswith("timing/"))
     out += [f"time: {timing}", f"results: {table_path.parent}", "=" * 78]
     return "\n".join(out)

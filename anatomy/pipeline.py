@@ -29,7 +29,7 @@ from anatomy.evidence import promoted_tokens, snippets, top_tokens
 from anatomy.hypotheses.ground_truth import name_concept, score
 from anatomy.models.base import check_lengths
 from anatomy.models.hooks import check_points
-from anatomy.outputs import write_metrics, write_outputs
+from anatomy.outputs import write_metrics, write_outputs, write_verdicts
 from anatomy.select import Selection
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     # The audit's results are on disk before any training starts.
     write_outputs(out_dir, table, details, metrics, header, stages.evidence.max_report)
     if trains:
-        metrics.update(train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, out_dir))
+        metrics.update(train_and_evaluate(stages, data, probes, model, sae, feats, table, header, timer, out_dir))
         metrics.update(timer.metrics)
         write_metrics(out_dir, metrics)
     return metrics
@@ -227,7 +227,8 @@ def test_hypotheses(hypothesis, feats, features_key: str):
     return pd.read_parquet(folder / "table.parquet"), hit
 
 
-def train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, out_dir: Path) -> dict[str, float]:
+def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, timer,
+                       out_dir: Path) -> dict[str, float]:
     """Decide -> intervene -> train -> evaluate (and, to compare, train once without intervention)."""
     import json
 
@@ -240,6 +241,8 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, timer, ou
         selection = stages.select.run(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "selection.json", json.dumps(selection.to_json(), indent=2) + "\n")
+    write_verdicts(out_dir, table, header, {**{f: "block" for f in selection.block},
+                                            **{f: "amplify" for f in selection.amplify}})
     metrics.update(selection.report())
     with timer("intervention"):
         plan = stages.intervention.plan(selection, feats, sae)

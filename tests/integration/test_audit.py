@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import AUDIT, SMALL, hh_rlhf_small, run_study
 
@@ -30,6 +31,9 @@ def test_default_audit_writes_its_outputs(default_audit):
     assert on_disk["audit/n_significant"] == metrics["audit/n_significant"]
     report = (out / "hypotheses.md").read_text()
     assert "[[" in report and "promotes" in report
+    # the audit's verdicts file to edit: every significant hypothesis, allowed (nothing was selected)
+    verdicts = yaml.safe_load((out / "verdicts.yaml").read_text())
+    assert set(verdicts) == set(table.loc[table["significant"], "feature"]) and set(verdicts.values()) == {"allow"}
 
 
 def test_default_audit_finds_every_planted_spurious_concept(default_audit):

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from anatomy.cache import stage_code
 from anatomy.errors import AnatomyError
@@ -301,6 +302,10 @@ def test_the_selection_names_the_markdown_concept(reweighted):
     # whose training follows the CPU's float kernels. Nearly all of them are markdown's.
     assert (named == "markdown").mean() >= 0.9, named.value_counts().to_dict()
     assert set(selection["features"]) == {str(f) for f in selection["block"]}
+    # verdicts.yaml gives the same selection back, as a file a person can edit (select.verdicts=)
+    verdicts = yaml.safe_load((out / "verdicts.yaml").read_text())
+    assert sorted(f for f, v in verdicts.items() if v == "block") == selection["block"]
+    assert set(verdicts) == set(table.index[table["significant"]]) | set(selection["block"])
 
 
 def test_the_baseline_learns_markdown(reweighted):

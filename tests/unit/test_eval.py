@@ -164,6 +164,9 @@ def test_the_summary_shows_each_concept_learned_and_how_the_intervention_balance
     assert "held-out accuracy 0.800 (before training 0.500; without intervention 0.900)" in text
     without_heldout = {k: v for k, v in metrics.items() if "heldout_accuracy" not in k}  # data.heldout_fraction=0
     assert "held-out accuracy: no held-out pairs" in summary(without_heldout, path)
+    assert "to decide" not in text  # an audit says where its verdicts file is; a trained run has decided
+    audit = summary({k: v for k, v in metrics.items() if k.startswith("audit/")}, path)
+    assert f"to decide: set block / amplify in {tmp_path / 'verdicts.yaml'}" in audit
 
 
 def test_model_written_evaluations_are_probes_named_after_their_file(tmp_path):

@@ -174,6 +174,32 @@ def test_verdicts_alone_select(tmp_path):
     assert sel.block == [5] and sel.amplify == []
 
 
+def test_verdicts_that_select_nothing_say_so(tmp_path):
+    path = tmp_path / "v.yaml"
+    path.write_text("3: allow\n5: allow\n")  # what the strings select, all allowed by the reviewer
+    with pytest.raises(AnatomyError, match="blocks and amplifies nothing, and overrides select.block"):
+        Select(block=["key", "genius"], verdicts=str(path)).run(table())
+
+
+def test_the_verdicts_template_is_a_verdicts_file_that_gives_back_the_runs_selection(tmp_path):
+    from anatomy.outputs import write_verdicts
+
+    t = table().assign(q_value=[0.01, 0.001, 0.02, 0.5], concept=["markdown", None, None, None])
+    t.loc[2, "top_tokens"] = "may\nbe|perhaps"  # a raw line break in a token stays inside its comment
+    write_verdicts(tmp_path, t, {"sae": "sae-key", "hook": "blocks.2.hook_resid_post"}, {5: "block", 9: "amplify"})
+    text = (tmp_path / "verdicts.yaml").read_text()
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    # the significant features, strongest first (by q, as hypotheses.md), then a selected non-significant one
+    assert [line.split(":")[0] for line in lines] == ["5", "3", "8", "9"]
+    assert lines[1].startswith("3:     allow") and "names markdown" in lines[1] and "may\\nbe" in lines[2]
+    assert "#   sae-key at blocks.2.hook_resid_post" in text
+    path = str(tmp_path / "verdicts.yaml")
+    sel = Select(verdicts=path).run(t)
+    assert (sel.block, sel.amplify) == ([5], [9])  # as the run selected
+    (tmp_path / "verdicts.yaml").write_text(text.replace("3:     allow", "3:     block"))  # a person's edit
+    assert Select(block=["genius"], verdicts=path).run(t).block == [3, 5]
+
+
 @pytest.mark.parametrize("content, match", [
     ("3: maybe\n", r"feature 3: verdict 'maybe' is not one of"),
     ("abc: block\n", r"'abc' is not a feature id"),
