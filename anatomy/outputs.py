@@ -52,6 +52,8 @@ def write_verdicts(out_dir: Path, table: pd.DataFrame, header: dict, decided: di
         "# the file overrides select.block / select.amplify for the features it names.",
         "# Feature ids are those of this SAE; another (another seed, model or machine) numbers its features otherwise:",
         f"#   {header['sae']} at {header['hook']}",
+        "# so the file is refused by a run whose SAE differs from the one `sae` names (its decoder, hashed).",
+        f'sae: "{header["sae_fingerprint"]}"',
     ]
     for feature, row in rows.items():
         concept = f"; names {row['concept']}" if isinstance(row.get("concept"), str) else ""

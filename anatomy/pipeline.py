@@ -157,6 +157,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         sae, hit = stages.sae.load(model, texts, model.key)
     metrics["cache/sae"] = float(hit)
     check_points(model.model, [sae.hook])  # a pretrained or local SAE's own hook, before featurize
+    stages.select.check_sae(sae.fingerprint)  # a verdicts file written for this SAE, not another
     metrics.update({"sae/d_sae": float(sae.d_sae), "sae/d_in": float(sae.d_in)})
     with timer("features"):
         feats, hit, features_key = stages.featurize.cached(model, sae, data.train)
@@ -202,7 +203,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     header = {
         "data": cfg.data._target_.rsplit(".", 1)[-1], "model": model.path, "sae": sae.source, "hook": sae.hook,
         "test": cfg.hypothesis.test, "correction": cfg.hypothesis.correction, "alpha": cfg.hypothesis.alpha,
-        "pooling": cfg.featurize.pooling,
+        "pooling": cfg.featurize.pooling, "sae_fingerprint": sae.fingerprint,
     }
     # The audit's results are on disk before any training starts.
     write_outputs(out_dir, table, details, metrics, header, stages.evidence.max_report)

@@ -62,7 +62,18 @@ class Select:
         if self.verdicts:
             self._verdicts()
 
-    def _verdicts(self) -> dict[int, str]:
+    def check_sae(self, fingerprint: str) -> None:
+        """A verdicts file written by a run (its `sae:` line) applies to that run's SAE only: in another,
+        the same ids are other features. Checked once the SAE is loaded, before the audit."""
+        written_for = self._verdicts_file().get("sae") if self.verdicts else None
+        if written_for is not None and str(written_for) != fingerprint:
+            raise AnatomyError(
+                f"select.verdicts={self.verdicts} was written for another SAE (its sae: {written_for}; this run's SAE: "
+                f"{fingerprint}): feature ids name other features in another SAE (another seed, model or SAE config, "
+                "or an SAE trained on another kind of machine). Audit with this config and edit that run's "
+                "verdicts.yaml, or delete the file's sae: line to apply its ids anyway")
+
+    def _verdicts_file(self) -> dict:
         import yaml
 
         path = Path(self.verdicts)
@@ -74,8 +85,14 @@ class Select:
             raise AnatomyError(f"select.verdicts={self.verdicts!r}: does not parse as YAML ({err})") from err
         if not isinstance(raw, dict):
             raise AnatomyError(f"select.verdicts={self.verdicts!r}: expected a mapping feature -> verdict")
+        return raw
+
+    def _verdicts(self) -> dict[int, str]:
+        """feature -> verdict; the optional `sae:` line (the SAE the file was written for) is not a feature."""
         out = {}
-        for key, verdict in raw.items():
+        for key, verdict in self._verdicts_file().items():
+            if key == "sae":
+                continue
             if str(verdict).lower() not in VERDICTS:
                 raise AnatomyError(f"select.verdicts: feature {key}: verdict {verdict!r} is not one of {VERDICTS}")
             try:

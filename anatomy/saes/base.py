@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from anatomy.errors import AnatomyError
 from anatomy.models.base import ModelSpec
@@ -20,6 +21,15 @@ class LoadedSAE:
 
     def __post_init__(self):
         self.key = self.key or self.source
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Its decoder weights, hashed: the same for this SAE wherever it is loaded from, and different
+        for another (another seed, model or config, or one trained on another kind of machine)."""
+        import hashlib
+
+        weights = self.sae.W_dec.detach().float().cpu().contiguous().numpy()
+        return hashlib.sha256(weights.tobytes()).hexdigest()[:16]
 
 
 def check_sae(spec: ModelSpec, hook: str, d_in: int, where: str) -> str:

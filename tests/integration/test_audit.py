@@ -33,6 +33,7 @@ def test_default_audit_writes_its_outputs(default_audit):
     assert "[[" in report and "promotes" in report
     # the audit's verdicts file to edit: every significant hypothesis, allowed (nothing was selected)
     verdicts = yaml.safe_load((out / "verdicts.yaml").read_text())
+    assert len(verdicts.pop("sae")) == 16  # the SAE they are written for
     assert set(verdicts) == set(table.loc[table["significant"], "feature"]) and set(verdicts.values()) == {"allow"}
 
 

@@ -304,6 +304,7 @@ def test_the_selection_names_the_markdown_concept(reweighted):
     assert set(selection["features"]) == {str(f) for f in selection["block"]}
     # verdicts.yaml gives the same selection back, as a file a person can edit (select.verdicts=)
     verdicts = yaml.safe_load((out / "verdicts.yaml").read_text())
+    verdicts.pop("sae")  # the SAE they are written for
     assert sorted(f for f, v in verdicts.items() if v == "block") == selection["block"]
     assert set(verdicts) == set(table.index[table["significant"]]) | set(selection["block"])
 

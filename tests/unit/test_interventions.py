@@ -186,9 +186,10 @@ def test_the_verdicts_template_is_a_verdicts_file_that_gives_back_the_runs_selec
 
     t = table().assign(q_value=[0.01, 0.001, 0.02, 0.5], concept=["markdown", None, None, None])
     t.loc[2, "top_tokens"] = "may\nbe|perhaps"  # a raw line break in a token stays inside its comment
-    write_verdicts(tmp_path, t, {"sae": "sae-key", "hook": "blocks.2.hook_resid_post"}, {5: "block", 9: "amplify"})
+    header = {"sae": "sae-key", "hook": "blocks.2.hook_resid_post", "sae_fingerprint": "0123456789"}
+    write_verdicts(tmp_path, t, header, {5: "block", 9: "amplify"})
     text = (tmp_path / "verdicts.yaml").read_text()
-    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    lines = [line for line in text.splitlines() if not line.startswith(("#", "sae:"))]
     # the significant features, strongest first (by q, as hypotheses.md), then a selected non-significant one
     assert [line.split(":")[0] for line in lines] == ["5", "3", "8", "9"]
     assert lines[1].startswith("3:     allow") and "names markdown" in lines[1] and "may\\nbe" in lines[2]
@@ -198,6 +199,24 @@ def test_the_verdicts_template_is_a_verdicts_file_that_gives_back_the_runs_selec
     assert (sel.block, sel.amplify) == ([5], [9])  # as the run selected
     (tmp_path / "verdicts.yaml").write_text(text.replace("3:     allow", "3:     block"))  # a person's edit
     assert Select(block=["genius"], verdicts=path).run(t).block == [3, 5]
+    # the file names the SAE it was written for (quoted: digits alone would read as a number)
+    Select(verdicts=path).check_sae("0123456789")
+    with pytest.raises(AnatomyError, match=r"written for another SAE \(its sae: 0123456789; this run's SAE: fedcba"):
+        Select(verdicts=path).check_sae("fedcba")
+    (tmp_path / "verdicts.yaml").write_text(text.replace('sae: "0123456789"\n', ""))  # deleted: ids applied anyway
+    Select(verdicts=path).check_sae("fedcba")
+    Select().check_sae("fedcba")  # no verdicts file, nothing to check
+
+
+def test_an_sae_fingerprint_is_its_decoder():
+    from anatomy.saes.base import LoadedSAE
+
+    def loaded(w_dec, source):
+        return LoadedSAE(type("SAE", (), {"W_dec": w_dec})(), "blocks.2.hook_resid_post", 4, 3, source)
+
+    w = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    assert loaded(w, "a").fingerprint == loaded(w.clone(), "elsewhere").fingerprint  # wherever it is loaded from
+    assert loaded(w, "a").fingerprint != loaded(w + 1e-6, "a").fingerprint
 
 
 @pytest.mark.parametrize("content, match", [
