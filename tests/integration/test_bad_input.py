@@ -262,6 +262,15 @@ def test_verdicts_typo_fails_before_the_audit(tmp_path, fresh_cache):
     assert "feature 40" in msg and "'blok'" in msg and "amplify" in msg
 
 
+def test_verdicts_written_for_another_sae_are_refused_before_the_audit(tmp_path):
+    # The small study's model and SAE, from the session's cache; the file names another SAE.
+    verdicts = tmp_path / "verdicts.yaml"
+    verdicts.write_text('sae: "0000000000000000"\n12: block\n')
+    with pytest.raises(AnatomyError, match=r"written for another SAE \(its sae: 0000000000000000; this run's SAE: "):
+        run_study(tmp_path / "run", *SMALL, "trainer=dpo", "intervention=data_reweighting", f"select.verdicts={verdicts}")
+    assert not (tmp_path / "run" / "hypotheses.csv").exists()  # refused before the audit
+
+
 # 7. an SAE that does not fit the model -----------------------------------------------------------
 
 
