@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -65,7 +66,7 @@ class Select:
     def check_sae(self, fingerprint: str) -> None:
         """A verdicts file written by a run (its `sae:` line) applies to that run's SAE only: in another,
         the same ids are other features. Checked once the SAE is loaded, before the audit."""
-        written_for = self._verdicts_file().get("sae") if self.verdicts else None
+        written_for = self._verdicts_file.get("sae") if self.verdicts else None
         if written_for is not None and str(written_for) != fingerprint:
             raise AnatomyError(
                 f"select.verdicts={self.verdicts} was written for another SAE (its sae: {written_for}; this run's SAE: "
@@ -73,7 +74,9 @@ class Select:
                 "or an SAE trained on another kind of machine). Audit with this config and edit that run's "
                 "verdicts.yaml, or delete the file's sae: line to apply its ids anyway")
 
+    @cached_property
     def _verdicts_file(self) -> dict:
+        """The file as read once, at `check` (before the audit): the run acts on what was checked."""
         import yaml
 
         path = Path(self.verdicts)
@@ -90,7 +93,7 @@ class Select:
     def _verdicts(self) -> dict[int, str]:
         """feature -> verdict; the optional `sae:` line (the SAE the file was written for) is not a feature."""
         out = {}
-        for key, verdict in self._verdicts_file().items():
+        for key, verdict in self._verdicts_file.items():
             if key == "sae":
                 continue
             if str(verdict).lower() not in VERDICTS:
