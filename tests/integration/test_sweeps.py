@@ -1,5 +1,6 @@
 """Studies as sweeps: the stage cache across jobs, W&B read-back, reproduction from a run's saved
-config, failures that do not stop a sweep, a run stopped by hand, an interrupted sweep resumed, and the sweep report.
+config, failures that do not stop a sweep, a run stopped by hand, an interrupted sweep resumed, and the sweep report
+(the cache test and the report test share one two-job sweep).
 These run the real `anatomy` command in subprocesses, on the small study (its model and SAE come
 from the session's stage cache)."""
 
@@ -32,11 +33,19 @@ def metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
-def test_second_job_reuses_the_cached_stages(tmp_path):
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A two-job sweep of the small study, none and data_filtering, trained briefly (one sweep for the
+    cache test and the report test)."""
+    tmp_path = tmp_path_factory.mktemp("two-jobs")
     sweep = tmp_path / "sweep"
     done = anatomy(tmp_path, "-m", *SMALL, "trainer=dpo", "trainer.epochs=0.5", "eval.compare_baseline=false",
                    "intervention=none,data_filtering", f"hydra.sweep.dir={sweep}")
     assert done.returncode == 0, done.stderr[-3000:]
+    return sweep
+
+
+def test_second_job_reuses_the_cached_stages(sweep):
     second = metrics(sweep / "1")
     for stage in ("model", "sae", "features", "hypotheses"):
         assert second[f"cache/{stage}"] == 1.0, stage
@@ -189,23 +198,21 @@ def test_a_run_stopped_by_hand_is_recorded_as_interrupted(tmp_path, stop, record
     assert json.loads(read.stdout)["summary"]["error"].startswith(recorded)
 
 
-def test_report_gathers_a_sweep(tmp_path):
-    sweep = tmp_path / "sweep"
-    done = anatomy(tmp_path, "-m", *SMALL, "trainer=dpo", "trainer.epochs=0.5", "eval.compare_baseline=false",
-                   "intervention=none,data_reweighting", f"hydra.sweep.dir={sweep}")
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_report_gathers_a_sweep(sweep):
     from anatomy.report import main as report
 
     report([str(sweep)])
     import pandas as pd
 
     table = pd.read_csv(sweep / "report.csv")
-    assert set(table["override/intervention"]) == {"none", "data_reweighting"}
+    assert set(table["override/intervention"]) == {"none", "data_filtering"}
     assert "eval/shift/markdown" in table.columns
     assert (sweep / "report.png").stat().st_size > 1000
     assert "<img" in (sweep / "report.html").read_text()
-    report([str(sweep), "--against", "intervention=none"])  # the reweighting job against the none job
+    assert table["env/torch_cpu_capability"].notna().all()  # each job's environment.json is gathered
+    assert "different machines" not in (sweep / "report.md").read_text()  # one machine, one commit
+    report([str(sweep), "--against", "intervention=none"])  # the filtering job against the none job
     table = pd.read_csv(sweep / "report.csv").set_index("override/intervention")
-    assert table.loc["data_reweighting", "baseline/eval/shift/markdown"] == table.loc["none", "eval/shift/markdown"]
-    reduction = 1 - table.loc["data_reweighting", "eval/shift/markdown"] / table.loc["none", "eval/shift/markdown"]
+    assert table.loc["data_filtering", "baseline/eval/shift/markdown"] == table.loc["none", "eval/shift/markdown"]
+    reduction = 1 - table.loc["data_filtering", "eval/shift/markdown"] / table.loc["none", "eval/shift/markdown"]
     assert f"{reduction:.0%} ({reduction:.0%})" in (sweep / "report.md").read_text()
