@@ -37,13 +37,19 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, details: dict, metrics: di
     write_metrics(out_dir, metrics)
 
 
+def strongest_first(table: pd.DataFrame) -> pd.DataFrame:
+    """The significant hypotheses, smallest q first, then largest |effect|: the order of hypotheses.md,
+    verdicts.yaml and the summary."""
+    sig = table[table["significant"]]
+    return sig.assign(strength=sig["effect"].abs()).sort_values(["q_value", "strength"], ascending=[True, False])
+
+
 def write_verdicts(out_dir: Path, table: pd.DataFrame, header: dict, decided: dict[int, str] | None = None) -> None:
     """verdicts.yaml: a `select.verdicts` file for this audit, to edit and pass back. Every significant
     hypothesis, strongest first as in hypotheses.md, with this run's verdict (`decided`: the features
     its selection blocked or amplified; allow for the rest) and, as a comment, what it is."""
     decided = decided or {}
-    sig = table[table["significant"]]
-    sig = sig.assign(strength=sig["effect"].abs()).sort_values(["q_value", "strength"], ascending=[True, False])
+    sig = strongest_first(table)
     rows = {int(f): row for f, row in zip(sig["feature"], sig.to_dict("records"))}
     rows.update({f: table.loc[table["feature"] == f].iloc[0].to_dict() for f in decided if f not in rows})
     lines = [
@@ -85,8 +91,7 @@ def write_metrics(out_dir: Path, metrics: dict) -> None:
 
 
 def render_markdown(table: pd.DataFrame, details: dict, metrics: dict, header: dict, max_report: int) -> str:
-    sig = table[table["significant"]].copy()
-    sig = sig.assign(strength=sig["effect"].abs()).sort_values(["q_value", "strength"], ascending=[True, False])
+    sig = strongest_first(table)
     lines = [
         "# Concept hypotheses",
         "",
@@ -128,8 +133,7 @@ def render_markdown(table: pd.DataFrame, details: dict, metrics: dict, header: d
 def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
     """A one-screen summary for the terminal."""
     table = pd.read_csv(table_path)
-    sig = table[table["significant"]].copy()
-    sig = sig.assign(strength=sig["effect"].abs()).sort_values(["q_value", "strength"], ascending=[True, False])
+    sig = strongest_first(table)
     out = [
         "",
         "=" * 78,
