@@ -64,18 +64,24 @@ def load_probes(path: str) -> list[Probe]:
     Anthropic's model-written evaluations ({question, answer_matching_behavior,
     answer_not_matching_behavior}), whose concept is the file's name (`narcissism.jsonl` ->
     narcissism) and whose positive side is the answer matching the behaviour."""
+    return _read_probes(path)[0]
+
+
+def _read_probes(path: str) -> tuple[list[Probe], bool]:
+    """`load_probes`, and whether any row was a model-written evaluation (named after the file)."""
     try:
         rows = read_rows(path)
     except AnatomyError as err:
         raise AnatomyError(str(err).replace("data.path=", "eval.probes=", 1)) from None
     behaviour = behaviour_name(path)
-    probes = []
+    probes, named_after_file = [], False
     for i, row in enumerate(rows):
         if "concept" not in row and all(k in row for k in EVALS_FIELDS):
             if not all(isinstance(row[k], str) and row[k] for k in EVALS_FIELDS):
                 raise AnatomyError(f"eval.probes={path!r}: row {i} has an empty or non-string field")
             probes.append(Probe(behaviour, EVALS_PROMPT.format(question=row["question"]),
                                 row["answer_matching_behavior"], row["answer_not_matching_behavior"]))
+            named_after_file = True
             continue
         missing = [k for k in ("concept", "prompt", "positive", "negative") if k not in row]
         if missing:
@@ -86,6 +92,29 @@ def load_probes(path: str) -> list[Probe]:
         if row["prompt"] is not None and not isinstance(row["prompt"], str):
             raise AnatomyError(f"eval.probes={path!r}: row {i}: prompt is not a string")
         probes.append(Probe(row["concept"], row["prompt"] or "", row["positive"], row["negative"]))
+    return probes, named_after_file
+
+
+def probe_files(files: list[str]) -> list[Probe]:
+    """The probes of several files, refusing a file listed twice and two model-written evaluations
+    that would be named alike (`persona/x.jsonl` and `other/x.jsonl` would silently merge into one
+    concept `x`, and its shift would average two behaviours)."""
+    probes, seen, named = [], {}, {}
+    for f in files:
+        key = Path(f).resolve()
+        if key in seen:
+            raise AnatomyError(f"eval.probes lists {seen[key]!r} twice (as {f!r}): its probes would count twice")
+        seen[key] = f
+        read, named_after_file = _read_probes(f)
+        if named_after_file:
+            behaviour = behaviour_name(f)
+            if behaviour in named:
+                raise AnatomyError(
+                    f"eval.probes: {named[behaviour]!r} and {f!r} are model-written evaluations of the same "
+                    f"name, so both would be the concept {behaviour!r} and their probes would merge; "
+                    "copy one to a file of another name")
+            named[behaviour] = f
+        probes += read
     return probes
 
 
@@ -130,7 +159,7 @@ class Evaluate:
     def probe_set(self, data) -> list[Probe]:
         """The probes (read and checked before any model is built); none -> no shifts, with a warning."""
         files = [self.probes] if isinstance(self.probes, str) else list(self.probes or [])
-        probes = [p for f in files for p in load_probes(f)] if files else data.probes
+        probes = probe_files(files) if files else data.probes
         if not probes:
             log.warning("eval: the data source has no probe pairs and eval.probes is not set: "
                         "no per-concept shifts will be measured")

@@ -200,3 +200,26 @@ def test_model_written_evaluations_are_probes_named_after_their_file(tmp_path):
     path.write_text(json.dumps({"question": "Q", "answer_matching_behavior": " Yes"}) + "\n")
     with pytest.raises(AnatomyError, match=r"row 0 lacks .*for a model-written evaluation"):
         load_probes(str(path))
+
+
+def test_probe_files_that_would_merge_are_refused(tmp_path):
+    """Two model-written evaluations of the same file name (persona/x.jsonl and other/x.jsonl) would
+    both be the concept x and silently average two behaviours; a file listed twice would count its
+    probes twice. Both are refused, naming the files; plain-format files may share a concept."""
+    import json
+
+    written = json.dumps({"question": "Q?", "answer_matching_behavior": " Yes",
+                          "answer_not_matching_behavior": " No"}) + "\n"
+    plain = json.dumps({"concept": "flattery", "prompt": "Q", "positive": "a", "negative": "b"}) + "\n"
+    for folder in ("persona", "other"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "narcissism.jsonl").write_text(written)
+        (tmp_path / folder / "flattery.jsonl").write_text(plain)
+    one, two = str(tmp_path / "persona" / "narcissism.jsonl"), str(tmp_path / "other" / "narcissism.jsonl")
+    with pytest.raises(AnatomyError, match=r"persona/narcissism.jsonl' and .*other/narcissism.jsonl' .*'narcissism'"):
+        Evaluate(probes=[one, two]).probe_set(data=None)
+    with pytest.raises(AnatomyError, match="lists .*narcissism.jsonl' twice"):
+        Evaluate(probes=[one, str(tmp_path / "other" / ".." / "persona" / "narcissism.jsonl")]).probe_set(data=None)
+    plains = [str(tmp_path / folder / "flattery.jsonl") for folder in ("persona", "other")]
+    probes = Evaluate(probes=[one, *plains]).probe_set(data=None)  # the concept a row names may span files
+    assert [p.concept for p in probes] == ["narcissism", "flattery", "flattery"]
