@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -94,7 +95,9 @@ def fit(policy: torch.nn.Module, plan, n_rows: int, make_trainer, too_long: str)
     TRL drops the pairs it cannot train on (`too_long` says which: for DPO, a prompt that alone fills
     `max_length`); how many is reported as `train/pairs_too_long` and warned about, never silent,
     and an error if that is all of them."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # TRL reads transformers' deprecated `is_gradient_checkpointing`: noise the user cannot act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         trainer = make_trainer(tmp)
         kept = len(trainer.train_dataset)
         if kept == 0:

@@ -151,7 +151,11 @@ def test_reference_logps_are_cached_across_weights_and_train_exactly_as_computed
     weights = np.linspace(0.5, 1.5, len(pairs))
     monkeypatch.setenv("ANATOMY_CACHE", str(tmp_path / "cache"))  # an empty cache: the first cached run misses
     monkeypatch.setenv("ANATOMY_NO_CACHE", "1")
-    computed = dpo.train(model, pairs, Plan())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        computed = dpo.train(model, pairs, Plan())
+    # TRL's read of transformers' deprecated attribute (while it computes the reference) is not shown
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
     monkeypatch.delenv("ANATOMY_NO_CACHE")
     other_weights = dpo.train(model, pairs, Plan(weights=weights))
     cached = dpo.train(model, pairs, Plan())
