@@ -63,6 +63,7 @@ def write_verdicts(out_dir: Path, table: pd.DataFrame, header: dict, decided: di
     ]
     for feature, row in rows.items():
         concept = f"; names {row['concept']}" if isinstance(row.get("concept"), str) else ""
+        concept = (f"; group {int(row['group'])}" if pd.notna(row.get("group", pd.NA)) else "") + concept
         tokens = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(row.get("top_tokens") or ""))
         lines.append(f"{f'{feature}:':<6} {decided.get(feature, 'allow'):<8} # favours {row['direction']}, effect "
                      f"{row['effect']:+.2f}, top tokens {tokens}{concept}")
@@ -110,11 +111,13 @@ def render_markdown(table: pd.DataFrame, details: dict, metrics: dict, header: d
     if "audit/recall" in metrics:
         lines += [f"Against the planted concepts: recall {metrics['audit/recall']:.2f}, "
                   f"precision {metrics['audit/precision']:.2f}.", ""]
+    lines += render_groups(sig, max_report)
     for _, row in sig.head(max_report).iterrows():
         d = details[int(row["feature"])]
         concept = f" — names planted concept **{row['concept']}**" if isinstance(row.get("concept"), str) else ""
+        group = f" (group {int(row['group'])})" if pd.notna(row.get("group", pd.NA)) else ""
         lines += [
-            f"## Feature {int(row['feature'])}: favours {row['direction']}{concept}",
+            f"## Feature {int(row['feature'])}: favours {row['direction']}{group}{concept}",
             "",
             f"effect {row['effect']:+.3f}, AUROC {row['auroc']:.3f}, q {row['q_value']:.2e}, "
             f"active in {row['frequency']:.1%} of responses",
@@ -130,6 +133,39 @@ def render_markdown(table: pd.DataFrame, details: dict, metrics: dict, header: d
     return "\n".join(lines) + "\n"
 
 
+def render_groups(sig: pd.DataFrame, max_report: int) -> list[str]:
+    """hypotheses.md's table of concept groups (`evidence.concept_groups`), strongest group first:
+    its features, the side they favour, their mean effect and their most shared top tokens."""
+    if "group" not in sig.columns or sig["group"].isna().all():
+        return []
+    lines = [
+        "## Concept groups",
+        "",
+        "Significant features whose chosen - rejected differences move together across pairs "
+        "(`evidence.group_corr`), strongest group first: one concept read by several features, to decide "
+        "together (the `group` column of hypotheses.csv and the comments in verdicts.yaml).",
+        "",
+        "| group | features | favours | mean effect | shared top tokens | feature ids |" + (
+            " names |" if "concept" in sig.columns else ""),
+        "| --- | --- | --- | --- | --- | --- |" + (" --- |" if "concept" in sig.columns else ""),
+    ]
+    groups = list(sig.groupby("group", sort=True))
+    for group, rows in groups[:max_report]:
+        sides = rows["direction"].value_counts()
+        favours = sides.index[0] if len(sides) == 1 else ", ".join(f"{n} {side}" for side, n in sides.items())
+        tokens = pd.Series([t for top in rows["top_tokens"].astype(str) for t in dict.fromkeys(top.split("|"))])
+        shared = " ".join(f"`{t}`" for t in tokens.value_counts(sort=True).index[:6])
+        ids = ", ".join(str(int(f)) for f in rows["feature"].head(8)) + (", ..." if len(rows) > 8 else "")
+        line = f"| {int(group)} | {len(rows)} | {favours} | {rows['effect'].mean():+.2f} | {shared} | {ids} |"
+        if "concept" in sig.columns:
+            named = rows["concept"].dropna().value_counts()
+            line += " " + (", ".join(f"{c} {n}" for c, n in named.items()) or "-") + " |"
+        lines.append(line)
+    if len(groups) > max_report:
+        lines.append(f"\n... and {len(groups) - max_report} more groups in hypotheses.csv.")
+    return lines + [""]
+
+
 def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
     """A one-screen summary for the terminal."""
     table = pd.read_csv(table_path)
@@ -138,7 +174,8 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
         "",
         "=" * 78,
         f"anatomy audit: {int(metrics['audit/n_pairs'])} train pairs, {int(metrics['audit/n_tested'])} features tested, "
-        f"{int(metrics['audit/n_significant'])} significant",
+        f"{int(metrics['audit/n_significant'])} significant"
+        + (f" in {int(metrics['audit/n_groups'])} concept groups" if "audit/n_groups" in metrics else ""),
     ]
     if "audit/recall" in metrics:
         found = [k.split("/")[-1] for k, v in metrics.items() if k.startswith("audit/found/") and v]

@@ -25,11 +25,11 @@ from anatomy.eval import NoEval
 from anatomy.interventions import NoIntervention
 from anatomy.interventions.plan import Plan, edit_energy, planted_balance
 from anatomy.interventions.steering import FeatureSteering
-from anatomy.evidence import promoted_tokens, snippets, top_tokens
-from anatomy.hypotheses.ground_truth import name_concept, score
+from anatomy.evidence import concept_groups, promoted_tokens, snippets, top_tokens
+from anatomy.hypotheses.ground_truth import group_purity, name_concept, score
 from anatomy.models.base import check_lengths
 from anatomy.models.hooks import check_points
-from anatomy.outputs import write_metrics, write_outputs, write_verdicts
+from anatomy.outputs import strongest_first, write_metrics, write_outputs, write_verdicts
 from anatomy.select import Selection
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         ev, tok = stages.evidence, model.tokenizer
         table["top_tokens"] = ["|".join(t) for t in top_tokens(feats, table["feature"].to_numpy(), tok, ev.n_tokens)]
         significant = table[table["significant"]]
+        if ev.group_corr is not None:  # one concept read by several features: decided together
+            ordered = strongest_first(table)["feature"].to_numpy()
+            groups = dict(zip(ordered, concept_groups(feats, ordered, ev.group_corr)))
+            table["group"] = table["feature"].map(groups).astype("Int64")
         details = {}
         promoted = promoted_tokens(sae.sae, model.model, significant["feature"].to_numpy(), tok, ev.n_promoted)
         for feature, prom in zip(significant["feature"], promoted):
@@ -185,6 +189,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         "audit/n_significant_chosen": float((significant["direction"] == "chosen").sum()),
         "audit/n_significant_rejected": float((significant["direction"] == "rejected").sum()),
     })
+    if "group" in table.columns:
+        metrics["audit/n_groups"] = float(table["group"].nunique())
     if data.concepts:
         named = [
             name_concept(top.split("|"), [s["text"] for s in details[int(f)]["snippets"]], d, data.concepts)
@@ -199,6 +205,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         table.loc[significant.index, "concept_sign"] = [
             np.nan if name is None else 1.0 if d == planted[name] else -1.0 for name, d in zip(named, significant["direction"])]
         metrics.update(score(named, data.concepts))
+        if "group" in table.columns:
+            metrics["audit/group_purity"] = group_purity(named, significant["feature"].map(groups).tolist())
     metrics.update(timer.metrics)
     header = {
         "data": cfg.data._target_.rsplit(".", 1)[-1], "model": model.path, "sae": sae.source, "hook": sae.hook,

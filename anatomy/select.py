@@ -2,6 +2,7 @@
 
     select.block=[genius,smart,412]      # strings match a significant hypothesis's top tokens
     select.amplify=[sorry]               # (case-insensitive, whole token); ints are feature ids
+    select.block=[group:3]               # every feature of concept group 3 (hypotheses.md)
     select.verdicts=verdicts.yaml        # {feature_id: allow | block | amplify}, edited by a person
     select.match_top=2                   # strings match only the 2 strongest top tokens (default: all)
 
@@ -11,6 +12,7 @@ The result records every selected feature with the reason it was selected.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -119,6 +121,18 @@ class Select:
                     if item not in tested:
                         raise AnatomyError(f"select.{kind}: feature {item} was not tested (below min_frequency, or out of range)")
                     chosen[kind].setdefault(item, []).append(f"select.{kind} names feature {item}")
+                    continue
+                group = re.fullmatch(r"group:(\d+)", item.strip().lower())
+                if group:
+                    if "group" not in significant.columns:
+                        raise AnatomyError(f"select.{kind}: '{item}' names a concept group, but this run has none "
+                                           "(evidence.group_corr=null)")
+                    hits = [int(f) for f in significant.loc[significant["group"] == int(group[1]), "feature"]]
+                    if not hits:
+                        raise AnatomyError(f"select.{kind}: '{item}': there is no concept group {group[1]} (this "
+                                           f"audit has {significant['group'].nunique()}; see hypotheses.md)")
+                    for f in hits:
+                        chosen[kind].setdefault(f, []).append(f"select.{kind} '{item}': it is in concept group {group[1]}")
                     continue
                 hits = [f for f, toks in tokens.items() if item.lower() in toks]
                 if not hits:

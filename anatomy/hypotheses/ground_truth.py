@@ -9,6 +9,9 @@ token, because its words (the answers) occur in every response.
 
 - recall: the fraction of *spurious* concepts named by at least one significant hypothesis.
 - precision: the fraction of significant hypotheses that name some planted concept.
+- group purity: of the significant hypotheses that name a concept, the fraction whose concept group
+  (`evidence.concept_groups`) names mostly that concept too: how far deciding per group decides
+  per planted concept.
 """
 
 from __future__ import annotations
@@ -60,3 +63,15 @@ def score(named: list[str | None], concepts: list[Concept]) -> dict[str, float]:
     r, p = metrics["audit/recall"], metrics["audit/precision"]
     metrics["audit/f1"] = 2 * r * p / (r + p) if named and spurious and r + p > 0 else float("nan")
     return metrics
+
+
+def group_purity(named: list[str | None], groups: list[int]) -> float:
+    """audit/group_purity: of the hypotheses naming a concept, the share whose group's most named
+    concept (a tie: the one its strongest member names) is theirs; NaN when none names one."""
+    by_group: dict[int, list[str]] = {}
+    for name, group in zip(named, groups):
+        if isinstance(name, str):
+            by_group.setdefault(group, []).append(name)
+    majority = {g: max(dict.fromkeys(names), key=names.count) for g, names in by_group.items()}
+    hits = [majority[g] == name for name, g in zip(named, groups) if isinstance(name, str)]
+    return sum(hits) / len(hits) if hits else float("nan")

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from anatomy.outputs import strongest_first
 from conftest import AUDIT, SMALL, hh_rlhf_small, run_study
 
 CSV_COLUMNS = ["feature", "direction", "effect", "auroc", "p_value", "q_value", "significant", "frequency", "top_tokens"]
@@ -35,6 +36,12 @@ def test_default_audit_writes_its_outputs(default_audit):
     verdicts = yaml.safe_load((out / "verdicts.yaml").read_text())
     assert len(verdicts.pop("sae")) == 16  # the SAE they are written for
     assert set(verdicts) == set(table.loc[table["significant"], "feature"]) and set(verdicts.values()) == {"allow"}
+    # concept groups: every significant hypothesis in one, numbered 1.. by their strongest member
+    sig = strongest_first(table)
+    assert sig["group"].notna().all() and table.loc[~table["significant"], "group"].isna().all()
+    assert sorted(sig["group"].unique()) == list(range(1, int(metrics["audit/n_groups"]) + 1))
+    assert sig["group"].iloc[0] == 1 and list(dict.fromkeys(sig["group"])) == sorted(sig["group"].unique())
+    assert "## Concept groups" in report and "; group 1" in (out / "verdicts.yaml").read_text()
 
 
 def test_default_audit_finds_every_planted_spurious_concept(default_audit):
@@ -42,6 +49,8 @@ def test_default_audit_finds_every_planted_spurious_concept(default_audit):
     assert metrics["audit/recall"] == 1.0, {k: v for k, v in metrics.items() if k.startswith("audit/found")}
     # Small study (400 pairs, short training): a looser bar than the full default's 0.8.
     assert metrics["audit/precision"] >= 0.7
+    # one group reads mostly one concept: a person deciding per group decides per concept
+    assert metrics["audit/group_purity"] >= 0.75 and metrics["audit/n_groups"] < metrics["audit/n_significant"] / 3
     table = pd.read_csv(out / "hypotheses.csv")
     found = table[table["significant"] & table["concept"].notna()]
     for concept, direction in [("sycophancy", "chosen"), ("markdown", "chosen"), ("verbosity", "chosen"),

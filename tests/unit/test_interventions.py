@@ -137,6 +137,17 @@ def test_select_messages_show_each_string_as_the_user_wrote_it(caplog):
     assert "block:x\\ty, block:zzz match no" in str(err.value)
 
 
+def test_select_a_concept_group_selects_every_feature_in_it():
+    t = table().assign(group=pd.array([1, 2, 1, pd.NA], dtype="Int64"))  # 9 is not significant: no group
+    sel = Select(block=["group:1"], amplify=[" Group:2"]).run(t)
+    assert (sel.block, sel.amplify) == ([3, 8], [5])
+    assert sel.reasons[8] == ["select.block 'group:1': it is in concept group 1"]
+    with pytest.raises(AnatomyError, match=r"'group:7': there is no concept group 7 \(this audit has 2"):
+        Select(block=["group:7"]).run(t)
+    with pytest.raises(AnatomyError, match="names a concept group, but this run has none"):
+        Select(block=["group:1"]).run(table())
+
+
 def test_select_nothing_selected_is_an_error():
     with pytest.raises(AnatomyError, match="nothing selected") as err:
         Select(block=["nonsense"], amplify=["other"]).run(table())
@@ -184,7 +195,8 @@ def test_verdicts_that_select_nothing_say_so(tmp_path):
 def test_the_verdicts_template_is_a_verdicts_file_that_gives_back_the_runs_selection(tmp_path):
     from anatomy.outputs import write_verdicts
 
-    t = table().assign(q_value=[0.01, 0.001, 0.02, 0.5], concept=["markdown", None, None, None])
+    t = table().assign(q_value=[0.01, 0.001, 0.02, 0.5], concept=["markdown", None, None, None],
+                       group=pd.array([2, 1, 2, pd.NA], dtype="Int64"))
     t.loc[2, "top_tokens"] = "may\nbe|perhaps"  # a raw line break in a token stays inside its comment
     header = {"sae": "sae-key", "hook": "blocks.2.hook_resid_post", "sae_fingerprint": "0123456789"}
     write_verdicts(tmp_path, t, header, {5: "block", 9: "amplify"})
@@ -192,7 +204,8 @@ def test_the_verdicts_template_is_a_verdicts_file_that_gives_back_the_runs_selec
     lines = [line for line in text.splitlines() if not line.startswith(("#", "sae:"))]
     # the significant features, strongest first (by q, as hypotheses.md), then a selected non-significant one
     assert [line.split(":")[0] for line in lines] == ["5", "3", "8", "9"]
-    assert lines[1].startswith("3:     allow") and "names markdown" in lines[1] and "may\\nbe" in lines[2]
+    assert lines[1].startswith("3:     allow") and "; group 2; names markdown" in lines[1] and "may\\nbe" in lines[2]
+    assert lines[0].endswith("top tokens genius|smart|brilliant; group 1") and "group" not in lines[3]
     assert "#   sae-key at blocks.2.hook_resid_post" in text
     path = str(tmp_path / "verdicts.yaml")
     sel = Select(verdicts=path).run(t)
