@@ -167,20 +167,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         table, hit = test_hypotheses(stages.hypothesis, feats, features_key)
     metrics["cache/hypotheses"] = float(hit)
     with timer("evidence"):
-        ev, tok = stages.evidence, model.tokenizer
-        table["top_tokens"] = ["|".join(t) for t in top_tokens(feats, table["feature"].to_numpy(), tok, ev.n_tokens)]
-        significant = table[table["significant"]]
-        if ev.group_corr is not None:  # one concept read by several features: decided together
-            ordered = strongest_first(table)["feature"].to_numpy()
-            groups = dict(zip(ordered, concept_groups(feats, ordered, ev.group_corr)))
-            table["group"] = table["feature"].map(groups).astype("Int64")
-        details = {}
-        promoted = promoted_tokens(sae.sae, model.model, significant["feature"].to_numpy(), tok, ev.n_promoted)
-        for feature, prom in zip(significant["feature"], promoted):
-            details[int(feature)] = {
-                "snippets": snippets(feats, int(feature), tok, ev.n_snippets, ev.context),
-                "promoted": prom,
-            }
+        details = gather_evidence(stages.evidence, feats, table, sae, model)
+    significant = table[table["significant"]]
     metrics.update({
         "audit/n_pairs": float(feats.chosen.shape[0]),
         "audit/n_features": float(sae.d_sae),
@@ -206,7 +194,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             np.nan if name is None else 1.0 if d == planted[name] else -1.0 for name, d in zip(named, significant["direction"])]
         metrics.update(score(named, data.concepts))
         if "group" in table.columns:
-            metrics["audit/group_purity"] = group_purity(named, significant["feature"].map(groups).tolist())
+            metrics["audit/group_purity"] = group_purity(named, significant["group"].astype(float).tolist())
     metrics.update(timer.metrics)
     header = {
         "data": cfg.data._target_.rsplit(".", 1)[-1], "model": model.path, "sae": sae.source, "hook": sae.hook,
@@ -220,6 +208,22 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         metrics.update(timer.metrics)
         write_metrics(out_dir, metrics)
     return metrics
+
+
+def gather_evidence(ev, feats, table, sae, model) -> dict[int, dict]:
+    """Evidence a person can read: every tested feature's top tokens and, if `evidence.group_corr` is
+    set, each significant one's concept group (columns added to `table`); per significant feature,
+    its snippets and promoted tokens (returned)."""
+    tok = model.tokenizer
+    table["top_tokens"] = ["|".join(t) for t in top_tokens(feats, table["feature"].to_numpy(), tok, ev.n_tokens)]
+    if ev.group_corr is not None:  # one concept read by several features: decided together
+        ordered = strongest_first(table)["feature"].to_numpy()
+        groups = dict(zip(ordered, concept_groups(feats, ordered, ev.group_corr)))
+        table["group"] = table["feature"].map(groups).astype("Int64")
+    significant = table.loc[table["significant"], "feature"].to_numpy()
+    promoted = promoted_tokens(sae.sae, model.model, significant, tok, ev.n_promoted)
+    return {int(f): {"snippets": snippets(feats, int(f), tok, ev.n_snippets, ev.context), "promoted": prom}
+            for f, prom in zip(significant, promoted)}
 
 
 def test_hypotheses(hypothesis, feats, features_key: str):

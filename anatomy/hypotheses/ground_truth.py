@@ -67,11 +67,12 @@ def score(named: list[str | None], concepts: list[Concept]) -> dict[str, float]:
 
 def group_purity(named: list[str | None], groups: list[int]) -> float:
     """audit/group_purity: of the hypotheses naming a concept, the share whose group's most named
-    concept (a tie: the one its strongest member names) is theirs; NaN when none names one."""
+    concept (a tie: the one its strongest member names) is theirs; NaN when none names one.
+    Hypotheses without a group (None or NaN: beyond the grouping cap) are left out."""
+    kept = [(name, int(g)) for name, g in zip(named, groups) if isinstance(name, str) and g is not None and g == g]
     by_group: dict[int, list[str]] = {}
-    for name, group in zip(named, groups):
-        if isinstance(name, str):
-            by_group.setdefault(group, []).append(name)
+    for name, group in kept:
+        by_group.setdefault(group, []).append(name)
     majority = {g: max(dict.fromkeys(names), key=names.count) for g, names in by_group.items()}
-    hits = [majority[g] == name for name, g in zip(named, groups) if isinstance(name, str)]
+    hits = [majority[g] == name for name, g in kept]
     return sum(hits) / len(hits) if hits else float("nan")

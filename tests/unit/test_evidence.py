@@ -64,3 +64,4 @@ def test_group_purity_is_the_share_of_named_features_whose_group_names_their_con
     groups = [1, 1, 1, 1, 2, 2]  # group 1 mostly markdown; group 2 a tie, decided by its first member
     assert group_purity(named, groups) == pytest.approx(3 / 5)
     assert np.isnan(group_purity([None, None], [1, 2]))
+    assert group_purity(["markdown", "sycophancy", "markdown"], [1, float("nan"), 1]) == 1.0  # ungrouped: left out
