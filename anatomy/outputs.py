@@ -149,21 +149,36 @@ def render_groups(sig: pd.DataFrame, max_report: int) -> list[str]:
             " names |" if "concept" in sig.columns else ""),
         "| --- | --- | --- | --- | --- | --- |" + (" --- |" if "concept" in sig.columns else ""),
     ]
-    groups = list(sig.groupby("group", sort=True))
-    for group, rows in groups[:max_report]:
-        sides = rows["direction"].value_counts()
-        favours = sides.index[0] if len(sides) == 1 else ", ".join(f"{n} {side}" for side, n in sides.items())
-        tokens = pd.Series([t for top in rows["top_tokens"].astype(str) for t in dict.fromkeys(top.split("|"))])
-        shared = " ".join(f"`{t}`" for t in tokens.value_counts(sort=True).index[:6])
-        ids = ", ".join(str(int(f)) for f in rows["feature"].head(8)) + (", ..." if len(rows) > 8 else "")
-        line = f"| {int(group)} | {len(rows)} | {favours} | {rows['effect'].mean():+.2f} | {shared} | {ids} |"
+    groups = concept_group_rows(sig)
+    for g in groups[:max_report]:
+        shared = " ".join(f"`{t}`" for t in g["tokens"])
+        ids = ", ".join(map(str, g["features"][:8])) + (", ..." if len(g["features"]) > 8 else "")
+        line = f"| {g['group']} | {len(g['features'])} | {g['favours']} | {g['effect']:+.2f} | {shared} | {ids} |"
         if "concept" in sig.columns:
-            named = rows["concept"].dropna().value_counts()
-            line += " " + (", ".join(f"{c} {n}" for c, n in named.items()) or "-") + " |"
+            line += " " + (", ".join(f"{c} {n}" for c, n in g["names"].items()) or "-") + " |"
         lines.append(line)
     if len(groups) > max_report:
         lines.append(f"\n... and {len(groups) - max_report} more groups in hypotheses.csv.")
     return lines + [""]
+
+
+def concept_group_rows(sig: pd.DataFrame) -> list[dict]:
+    """Per concept group of the significant hypotheses `sig` (strongest first), in group order: its
+    features, the side they favour, their mean effect, their 6 most shared top tokens and, on
+    synthetic data, the planted concepts they name."""
+    if "group" not in sig.columns:
+        return []
+    out = []
+    for group, rows in sig.groupby("group", sort=True):
+        sides = rows["direction"].value_counts()
+        tokens = pd.Series([t for top in rows["top_tokens"].astype(str) for t in dict.fromkeys(top.split("|"))])
+        out.append({
+            "group": int(group), "features": [int(f) for f in rows["feature"]],
+            "favours": sides.index[0] if len(sides) == 1 else ", ".join(f"{n} {side}" for side, n in sides.items()),
+            "effect": float(rows["effect"].mean()), "tokens": list(tokens.value_counts(sort=True).index[:6]),
+            "names": rows["concept"].dropna().value_counts().to_dict() if "concept" in rows.columns else {},
+        })
+    return out
 
 
 def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
@@ -185,6 +200,11 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
     out.append(f"{'feature':>8} {'favours':>8} {'effect':>7} {'q':>9}  top tokens")
     for _, r in sig.head(n_show).iterrows():
         out.append(f"{int(r['feature']):>8} {r['direction']:>8} {r['effect']:>+7.2f} {r['q_value']:>9.1e}  {r['top_tokens']}")
+    groups = concept_group_rows(sig)
+    if groups:
+        out.append(f"{'group':>8} {'features':>8} {'favours':>8} {'effect':>7}  shared top tokens (select.block=[group:N])")
+        for g in groups[:5]:
+            out.append(f"{g['group']:>8} {len(g['features']):>8} {g['favours']:>8} {g['effect']:>+7.2f}  {'|'.join(g['tokens'])}")
     shifts = sorted(k.rsplit("/", 1)[-1] for k in metrics if k.startswith("eval/shift/"))
     if shifts:
         has_base = any(k.startswith("eval/baseline/") for k in metrics)
@@ -223,7 +243,8 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
             out.append("held-out accuracy: no held-out pairs (data.heldout_fraction)")
     if not any(k.startswith(("train/", "eval/")) for k in metrics):  # an audit only: what to do next
         out += ["", f"to decide: set block / amplify in {table_path.parent / 'verdicts.yaml'}, then train with the",
-                "same config and select.verdicts=<that file> (README, Decide)"]
+                "same config and select.verdicts=<that file> (README, Decide)"
+                + ("; or block a whole group: select.block=[group:N]" if groups else "")]
     timing = ", ".join(f"{k[7:-2]} {v:.0f}s" for k, v in metrics.items() if k.startswith("timing/"))
     out += [f"time: {timing}", f"results: {table_path.parent}", "=" * 78]
     return "\n".join(out)
