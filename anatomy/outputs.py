@@ -70,6 +70,22 @@ def write_verdicts(out_dir: Path, table: pd.DataFrame, header: dict, decided: di
     atomic_write(out_dir / "verdicts.yaml", "\n".join(lines) + "\n")
 
 
+def write_heldout(out_dir: Path, heldout: list, margins, baseline=None) -> None:
+    """heldout.csv: each held-out pair, its margin under the trained model (> 0: it prefers chosen)
+    and whether it is right (1, 0, 0.5 for a tie); with the baseline, the same without intervention,
+    so the pairs the intervention changed can be read."""
+    if not heldout:
+        return
+    from anatomy.eval.evaluate import correct
+
+    table = pd.DataFrame({"pair": range(len(heldout)), "margin": margins, "correct": correct(margins)})
+    if baseline is not None:
+        table["baseline_margin"], table["baseline_correct"] = baseline, correct(baseline)
+    for side in ("prompt", "chosen", "rejected"):
+        table[side] = [getattr(p, side) for p in heldout]
+    atomic_write(out_dir / "heldout.csv", table.to_csv(index=False))
+
+
 def write_failure(out_dir: Path, error: BaseException) -> None:
     """error.txt in the failed job's own folder: what failed, and the traceback."""
     import traceback
@@ -238,6 +254,9 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
             acc = f"held-out accuracy {metrics['eval/heldout_accuracy']:.3f} (before training {metrics['eval/heldout_accuracy_before']:.3f}"
             if "eval/baseline/heldout_accuracy" in metrics:
                 acc += f"; without intervention {metrics['eval/baseline/heldout_accuracy']:.3f}"
+            if "eval/heldout_accuracy_change" in metrics:
+                acc += (f", change {metrics['eval/heldout_accuracy_change']:+.3f} ± "
+                        f"{metrics['eval/heldout_accuracy_change_se']:.3f} paired s.e.")
             out.append(acc + ")")
         else:
             out.append("held-out accuracy: no held-out pairs (data.heldout_fraction)")

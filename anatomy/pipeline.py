@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from anatomy.cache import cached_dir, stage_code
 from anatomy.errors import AnatomyError, check_types
 from anatomy.eval import NoEval
+from anatomy.eval.evaluate import accuracy_change
 from anatomy.interventions import NoIntervention
 from anatomy.interventions.plan import Plan, edit_energy, planted_balance
 from anatomy.interventions.steering import FeatureSteering
@@ -29,7 +30,7 @@ from anatomy.evidence import concept_groups, promoted_tokens, snippets, top_toke
 from anatomy.hypotheses.ground_truth import group_purity, name_concept, score
 from anatomy.models.base import check_lengths
 from anatomy.models.hooks import check_points
-from anatomy.outputs import strongest_first, write_metrics, write_outputs, write_verdicts
+from anatomy.outputs import strongest_first, write_heldout, write_metrics, write_outputs, write_verdicts
 from anatomy.select import Selection
 
 log = logging.getLogger(__name__)
@@ -273,17 +274,21 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
     if isinstance(stages.eval, NoEval):
         return metrics
     with timer("eval"):
-        metrics.update(stages.eval.run(trained, data.heldout, probes, table))
+        measured, margins = stages.eval.run(trained, data.heldout, probes, table)
+    metrics.update(measured)
+    base_margins = None
     if stages.eval.compare_baseline and not isinstance(stages.intervention, NoIntervention):
         with timer("baseline"):
-            base, hit = measure_baseline(stages, data, probes, model)
+            base, base_margins, hit = measure_baseline(stages, data, probes, model)
             base.update(stages.eval.compare(base, table, prefix="eval/baseline"))
         metrics["cache/baseline"] = float(hit)
         metrics.update(base)
+        metrics.update(accuracy_change(margins, base_margins))
         for key, value in list(base.items()):
             if key.startswith("eval/baseline/shift/") and abs(value) > 1e-9:
                 concept = key.rsplit("/", 1)[-1]
                 metrics[f"eval/shift_reduction/{concept}"] = 1.0 - metrics[f"eval/shift/{concept}"] / value
+    write_heldout(out_dir, data.heldout, margins, base_margins)
     return metrics
 
 
@@ -291,17 +296,18 @@ def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], boo
     """The same training without intervention, measured, through the stage cache (keyed by the
     trainer, the model, the pairs and probes, the eval config, and the source of the code that trains
     and measures it, so a cached baseline measured by older code is redone): a sweep over
-    interventions or selections trains it once. -> (eval/baseline/* metrics, cache hit)"""
+    interventions or selections trains it once. -> (eval/baseline/* metrics, its held-out margins, cache hit)"""
     import hashlib
     import json
 
     def build(folder: Path) -> None:
         baseline = stages.trainer.train(model, data.train, Plan())
-        measured = stages.eval.measure(baseline, data.heldout, probes, prefix="eval/baseline")
+        measured, margins = stages.eval.measure(baseline, data.heldout, probes, prefix="eval/baseline")
         (folder / "metrics.json").write_text(json.dumps(measured, indent=1, sort_keys=True))
+        np.save(folder / "heldout_margins.npy", margins)
 
     texts = hashlib.sha256(repr((data.train, data.heldout, probes)).encode()).hexdigest()
     key = {"trainer": asdict(stages.trainer), "model": model.key, "data": texts, "eval": asdict(stages.eval),
            "code": stage_code(type(stages.trainer).__module__, type(stages.eval).__module__)}
     folder, hit = cached_dir("baseline", key, build)
-    return json.loads((folder / "metrics.json").read_text()), hit
+    return json.loads((folder / "metrics.json").read_text()), np.load(folder / "heldout_margins.npy"), hit

@@ -41,7 +41,7 @@ def main() -> None:
         reference, _ = instantiate(cfg.model, _convert_="all").load(data.load().texts())
         policy = load_pretrained(str(run / "model"))
         trained = Trained("dpo", policy.model, reference.model, policy.tokenizer, {})
-        m = instantiate(cfg.eval, _convert_="all").run(trained, heldout, [], None)
+        m, _ = instantiate(cfg.eval, _convert_="all").run(trained, heldout, [], None)
         acc, n = m["eval/heldout_accuracy"], len(heldout)
         same, n_same = m[f"eval/heldout_accuracy_same/{args.concept}"], int(m[f"eval/heldout_n_same/{args.concept}"])
         differ = (acc * n - same * n_same) / (n - n_same)

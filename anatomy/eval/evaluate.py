@@ -177,13 +177,16 @@ class Evaluate:
         return {"eval/responses_cut": float(cut)}
 
     def run(self, trained, heldout: list[PreferencePair], probes: list[Probe], table: pd.DataFrame,
-            prefix: str = "eval") -> dict[str, float]:
-        """`measure`, then `compare` with the audit's predictions."""
-        metrics = self.measure(trained, heldout, probes, prefix)
-        return {**metrics, **self.compare(metrics, table, prefix)}
+            prefix: str = "eval") -> tuple[dict[str, float], np.ndarray]:
+        """`measure`, then `compare` with the audit's predictions. -> (metrics, held-out margins)"""
+        metrics, heldout_margins = self.measure(trained, heldout, probes, prefix)
+        return {**metrics, **self.compare(metrics, table, prefix)}, heldout_margins
 
-    def measure(self, trained, heldout: list[PreferencePair], probes: list[Probe], prefix: str = "eval") -> dict[str, float]:
-        """What the trained model learned: held-out accuracy and per-concept shifts (needs no audit)."""
+    def measure(self, trained, heldout: list[PreferencePair], probes: list[Probe],
+                prefix: str = "eval") -> tuple[dict[str, float], np.ndarray]:
+        """What the trained model learned: held-out accuracy and per-concept shifts (needs no audit).
+        -> (metrics, each held-out pair's margin: the implicit reward's chosen - rejected for DPO, the
+        reward's for a reward model; > 0 is a pair the model gets right)"""
         kind, tok = trained.kind, trained.tokenizer
 
         def margins(model, a, b):
@@ -191,6 +194,7 @@ class Evaluate:
                     - score(model, tok, b, kind, self.max_length, self.batch_size))
 
         metrics: dict[str, float] = {}
+        reward = np.zeros(0)
         if heldout:
             chosen = [(p.prompt, p.chosen) for p in heldout]
             rejected = [(p.prompt, p.rejected) for p in heldout]
@@ -209,7 +213,7 @@ class Evaluate:
                 metrics[f"{prefix}/heldout_accuracy"] = _accuracy(after)
                 metrics[f"{prefix}/heldout_accuracy_before"] = _accuracy(before)
         if not probes:
-            return metrics
+            return metrics, reward
         pos = [(p.prompt, p.positive) for p in probes]
         neg = [(p.prompt, p.negative) for p in probes]
         if kind == "dpo":  # continuations for the shift; the complete response and the onset alongside (one pass)
@@ -225,7 +229,7 @@ class Evaluate:
             for concept, v in by_concept.items():
                 metrics[f"{prefix}/{name}/{concept}"] = float(np.mean(v))
                 metrics[f"{prefix}/{name}_se/{concept}"] = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
-        return metrics
+        return metrics, reward
 
     @staticmethod
     def compare(measured: dict[str, float], table: pd.DataFrame, prefix: str = "eval") -> dict[str, float]:
@@ -284,5 +288,20 @@ def _same_concept(pairs: list[PreferencePair]) -> dict[str, np.ndarray]:
     return out
 
 
+def correct(margin: np.ndarray) -> np.ndarray:
+    """Per pair: 1 where the margin favours chosen, 0 where rejected, 0.5 for a tie."""
+    return (margin > 0) + 0.5 * (margin == 0)
+
+
 def _accuracy(margin: np.ndarray) -> float:
-    return float(((margin > 0) + 0.5 * (margin == 0)).mean()) if len(margin) else float("nan")
+    return float(correct(margin).mean()) if len(margin) else float("nan")
+
+
+def accuracy_change(margins: np.ndarray, baseline: np.ndarray, prefix: str = "eval") -> dict[str, float]:
+    """The held-out accuracy's change against the baseline scored on the same pairs, and its paired
+    standard error (of the per-pair change in correctness): `<prefix>/heldout_accuracy_change(_se)`."""
+    if len(margins) != len(baseline) or len(margins) < 2:
+        return {}
+    change = correct(margins) - correct(baseline)
+    return {f"{prefix}/heldout_accuracy_change": float(change.mean()),
+            f"{prefix}/heldout_accuracy_change_se": float(change.std(ddof=1) / np.sqrt(len(change)))}

@@ -23,6 +23,7 @@ import warnings
 from contextlib import contextmanager
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -293,7 +294,6 @@ def reweighted(tmp_path_factory):
 
 
 def test_the_selection_names_the_markdown_concept(reweighted):
-    import pandas as pd
 
     metrics, out = reweighted
     selection = json.loads((out / "selection.json").read_text())
@@ -441,6 +441,16 @@ def test_the_run_folder_has_metrics_and_the_trained_model(reweighted, study):
         assert key in on_disk and np.isfinite(on_disk[key]), key
         assert on_disk[key] == pytest.approx(metrics[key])
     assert on_disk["eval/heldout_accuracy_before"] == 0.5  # every implicit margin is 0 before training
+    # each held-out pair, scored with and without the intervention: the accuracies, and their paired change
+    pairs = pd.read_csv(out / "heldout.csv")
+    assert len(pairs) == on_disk["data/heldout"] and pairs["prompt"].str.startswith("Question:").all()
+    assert pairs["correct"].mean() == pytest.approx(on_disk["eval/heldout_accuracy"])
+    assert pairs["baseline_correct"].mean() == pytest.approx(on_disk["eval/baseline/heldout_accuracy"])
+    change = pairs["correct"] - pairs["baseline_correct"]
+    assert on_disk["eval/heldout_accuracy_change"] == pytest.approx(
+        on_disk["eval/heldout_accuracy"] - on_disk["eval/baseline/heldout_accuracy"])
+    se = on_disk["eval/heldout_accuracy_change_se"]
+    assert se == pytest.approx(change.std(ddof=1) / np.sqrt(len(change))) and se > 0
     assert on_disk["eval/responses_cut"] == 0  # every held-out and probe response fits eval.max_length
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert n_hooks(model) == 0
@@ -558,9 +568,9 @@ def test_the_baseline_is_trained_once_per_sweep_and_equals_the_no_intervention_r
     cache, and the baseline is exactly what intervention=none trains and measures."""
     short = (*SMALL, "trainer=dpo", "trainer.epochs=0.07", "eval=default", "eval.compare_baseline=true",
              "select.block=[recap]")
-    first, _ = run_study(tmp_path / "a", *short, "intervention=data_filtering")
+    first, first_out = run_study(tmp_path / "a", *short, "intervention=data_filtering")
     second, _ = run_study(tmp_path / "b", *short, "intervention=data_reweighting")
-    plain, _ = run_study(tmp_path / "c", *short, "intervention=none")
+    plain, plain_out = run_study(tmp_path / "c", *short, "intervention=none")
     assert second["cache/baseline"] == 1.0  # (the first is a miss unless ANATOMY_TEST_CACHE kept it)
     base = {k: v for k, v in first.items() if k.startswith("eval/baseline/")}
     assert any(k.startswith("eval/baseline/shift/") for k in base) and "eval/baseline/heldout_accuracy" in base
@@ -569,6 +579,10 @@ def test_the_baseline_is_trained_once_per_sweep_and_equals_the_no_intervention_r
     measured = {k: v for k, v in plain.items()  # (eval/responses_cut is counted once per run, before training)
                 if k.startswith("eval/") and not k.startswith("eval/baseline/") and k != "eval/responses_cut"}
     assert {k.replace("eval/baseline/", "eval/"): v for k, v in base.items()} == measured
+    # pair by pair too: the baseline's held-out margins are the no-intervention run's
+    with_baseline, alone = pd.read_csv(first_out / "heldout.csv"), pd.read_csv(plain_out / "heldout.csv")
+    assert with_baseline["baseline_margin"].tolist() == alone["margin"].tolist()
+    assert "baseline_margin" not in alone.columns
 
 
 # -- a real dataset: DPO with an intervention on HH-RLHF ---------------------------------------
@@ -594,7 +608,6 @@ def test_persona_evaluations_measure_what_dpo_on_hh_rlhf_taught(shared_data, tmp
 def test_dpo_with_feature_ablation_on_hh_rlhf(shared_data, tmp_path):
     """The whole loop on 200 pairs of the shared HH-RLHF harmless split: audit, then block its
     strongest hypothesis by id (no planted concept to name here) and train DPO under the ablation."""
-    import pandas as pd
 
     hh = hh_rlhf_small(shared_data)
     _, audit = run_study(tmp_path / "audit", *hh, *AUDIT)

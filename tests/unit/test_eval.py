@@ -10,7 +10,7 @@ import pytest
 
 from anatomy.data.schema import PreferencePair
 from anatomy.errors import AnatomyError
-from anatomy.eval.evaluate import Evaluate, _same_concept, load_probes, predictions
+from anatomy.eval.evaluate import Evaluate, _same_concept, accuracy_change, load_probes, predictions
 
 
 # -- the held-out yardstick where a concept cannot be a shortcut --------------------------------
@@ -240,3 +240,13 @@ def test_probe_files_that_would_merge_are_refused(tmp_path):
     plains = [str(tmp_path / folder / "flattery.jsonl") for folder in ("persona", "other")]
     probes = Evaluate(probes=[one, *plains]).probe_set(data=None)  # the concept a row names may span files
     assert [p.concept for p in probes] == ["narcissism", "flattery", "flattery"]
+
+
+def test_the_accuracy_change_is_paired_on_the_same_pairs():
+    after = np.array([1.0, -1.0, 0.0, 2.0])  # right, wrong, a tie (half right), right
+    before = np.array([1.0, 1.0, -1.0, -3.0])  # right, right, wrong, wrong
+    out = accuracy_change(after, before, prefix="eval")
+    change = np.array([0.0, -1.0, 0.5, 1.0])
+    assert out["eval/heldout_accuracy_change"] == pytest.approx(change.mean())
+    assert out["eval/heldout_accuracy_change_se"] == pytest.approx(change.std(ddof=1) / 2)
+    assert accuracy_change(after, before[:3]) == {} and accuracy_change(after[:1], before[:1]) == {}
