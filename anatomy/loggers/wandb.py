@@ -15,8 +15,8 @@ from pathlib import Path
 from anatomy.errors import AnatomyError
 
 MODES = ("offline", "online", "disabled")
-FILES = ("hypotheses.csv", "hypotheses.md", "metrics.json", "selection.json", "verdicts.yaml", "environment.json",
-         ".hydra/config.yaml", ".hydra/overrides.yaml")
+FILES = ("hypotheses.csv", "hypotheses.md", "metrics.json", "selection.json", "verdicts.yaml", "heldout.csv",
+         "environment.json", ".hydra/config.yaml", ".hydra/overrides.yaml")
 
 
 @dataclass
