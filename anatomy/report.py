@@ -11,7 +11,10 @@ override and the same other overrides (the same seed; overrides under `KEY.` are
 `intervention.threshold` does not keep a filtering job from its `intervention=none` job). A learned
 shift (`eval/shift*`) gets its reduction, 1 - job / baseline; any other metric its ratio, job /
 baseline. The summary shows each as the value of the group's means, then the value per job in the
-order of the --over overrides: "92% (57%, 112%, 119%)".
+order of the --over overrides: "92% (57%, 112%, 119%)". Where both jobs wrote `heldout.csv` for the
+same held-out pairs, the job's held-out accuracy change against its baseline job is paired pair by
+pair, with its standard error (`eval/heldout_accuracy_change`, `_se`), and listed per job:
+"-0.040 (-0.080 ± 0.021, -0.030 ± 0.018, -0.010 ± 0.015)".
 """
 
 from __future__ import annotations
@@ -63,10 +66,11 @@ def mixed_environments(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def against_baseline(table: pd.DataFrame, against: str, metrics: list[str]) -> pd.DataFrame:
+def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], sweep_dir: Path | None = None) -> pd.DataFrame:
     """Per job, each metric's baseline value (`baseline/<m>`): the metric of the job with override
     `against` (KEY=VALUE) and the same other overrides, except those under `KEY.`. The baseline jobs
-    themselves, and jobs with no single such baseline, get none."""
+    themselves, and jobs with no single such baseline, get none. With `sweep_dir`, a job that has no
+    `eval/heldout_accuracy_change` of its own (no in-run baseline) gets it from both jobs' heldout.csv."""
     key, _, value = against.partition("=")
     column = f"override/{key}"
     if not value or column not in table.columns:
@@ -81,11 +85,38 @@ def against_baseline(table: pd.DataFrame, against: str, metrics: list[str]) -> p
         raise SystemExit(f"anatomy-report: no finished job has {against}")
     bases = signature[is_base]
     baseline = pd.DataFrame(float("nan"), index=table.index, columns=[f"baseline/{m}" for m in metrics])
+    change = pd.DataFrame(float("nan"), index=table.index, columns=[CHANGE, f"{CHANGE}_se"])
     for i in ok.index[~is_base]:
         found = bases.index[bases == signature[i]]
         if len(found) == 1:
             baseline.loc[i] = ok.loc[found[0], metrics].to_numpy(dtype=float)
-    return pd.concat([table, baseline], axis=1)
+            if sweep_dir is not None:
+                change.loc[i] = paired_change(sweep_dir / table.loc[i, "job"], sweep_dir / table.loc[found[0], "job"])
+    for column in change.columns:  # a job's own (in-run baseline) wins
+        if column in table.columns:
+            change[column] = table[column].where(table[column].notna(), change[column])
+    table = table.drop(columns=[c for c in change.columns if c in table.columns])
+    if change[CHANGE].isna().all():
+        change = change.iloc[:, :0]
+    return pd.concat([table, baseline, change], axis=1)
+
+
+CHANGE = "eval/heldout_accuracy_change"
+
+
+def paired_change(job: Path, base: Path) -> tuple[float, float]:
+    """The held-out accuracy's change from the baseline job to this job, pair by pair, and its standard
+    error; NaN unless both wrote heldout.csv for the same held-out pairs."""
+    files = [job / "heldout.csv", base / "heldout.csv"]
+    if not all(f.exists() for f in files):
+        return float("nan"), float("nan")
+    mine, theirs = (pd.read_csv(f) for f in files)
+    same = len(mine) == len(theirs) > 1 and all(
+        mine[c].astype(str).tolist() == theirs[c].astype(str).tolist() for c in ("prompt", "chosen", "rejected"))
+    if not same:
+        return float("nan"), float("nan")
+    diff = mine["correct"].to_numpy(dtype=float) - theirs["correct"].to_numpy(dtype=float)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
 def summarize(table: pd.DataFrame, metrics: list[str], over: list[str]) -> pd.DataFrame:
@@ -106,7 +137,17 @@ def summarize(table: pd.DataFrame, metrics: list[str], over: list[str]) -> pd.Da
         shift = m.startswith("eval/shift")
         out[f"{m} {'reduction' if shift else 'ratio'}"] = [
             _versus(rows[m].to_numpy(), rows[f"baseline/{m}"].to_numpy(), shift) for _, rows in grouped]
+    if CHANGE in ok.columns and f"{CHANGE}_se" in ok.columns and ok[CHANGE].notna().any():
+        out[f"{CHANGE} (per job ± paired s.e.)"] = [_per_job(rows[CHANGE], rows[f"{CHANGE}_se"]) for _, rows in grouped]
     return out.reset_index()
+
+
+def _per_job(values: pd.Series, errors: pd.Series) -> str:
+    """The mean change, then each job's with its standard error: "-0.040 (-0.080 ± 0.021, ...)"."""
+    pairs = [(v, e) for v, e in zip(values, errors) if pd.notna(v)]
+    if not pairs:
+        return ""
+    return f"{np.mean([v for v, _ in pairs]):+.3f} ({', '.join(f'{v:+.3f} ± {e:.3f}' for v, e in pairs)})"
 
 
 def _versus(values, baselines, reduction: bool) -> str:
@@ -136,9 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     table = gather(args.sweep_dir)
     metrics = args.metrics or [c for c in table.columns if c.startswith(("eval/shift/", "eval/heldout_accuracy"))
-                               and "baseline" not in c] or [c for c in table.columns if c.startswith("audit/n_")]
+                               and "baseline" not in c and CHANGE not in c] or [c for c in table.columns if c.startswith("audit/n_")]
     if args.against:
-        table = against_baseline(table, args.against, [m for m in metrics if m in table.columns])
+        table = against_baseline(table, args.against, [m for m in metrics if m in table.columns], args.sweep_dir)
     summary = summarize(table, metrics, args.over)
     table.to_csv(args.sweep_dir / "report.csv", index=False)
     text = summary.to_markdown(index=False) if _has_tabulate() else summary.to_string(index=False)

@@ -52,6 +52,30 @@ def test_against_baseline_pairs_each_job_with_its_seed(sweep):
     assert "failed jobs: failed" in summary
 
 
+def heldout(folder, correct, prompts=None):
+    prompts = prompts or [f"Q{i}" for i in range(len(correct))]
+    pd.DataFrame({"pair": range(len(correct)), "margin": [1.0 if c else -1.0 for c in correct], "correct": correct,
+                  "prompt": prompts, "chosen": "a", "rejected": "b"}).to_csv(folder / "heldout.csv", index=False)
+
+
+def test_against_baseline_pairs_the_heldout_accuracy_pair_by_pair(sweep):
+    """Where a job and its baseline job wrote heldout.csv for the same pairs, the accuracy change is
+    paired pair by pair, with its standard error, and listed per job."""
+    heldout(sweep / "4", [1, 1, 0, 1])  # none, seed 0
+    heldout(sweep / "5", [1, 0, 0, 1])  # ablation, seed 0: one pair lost
+    heldout(sweep / "0", [1, 1, 1, 1])  # none, seed 2
+    heldout(sweep / "1", [1, 1, 1, 0.5])  # ablation, seed 2: one pair tied
+    heldout(sweep / "filter", [1, 1, 0, 1], prompts=["other"] * 4)  # other pairs: no pairing
+    report([str(sweep), "--metrics", "eval/heldout_accuracy", "--against", "intervention=none"])
+    table = pd.read_csv(sweep / "report.csv").set_index("job")
+    assert table.loc["5", "eval/heldout_accuracy_change"] == -0.25
+    assert table.loc["5", "eval/heldout_accuracy_change_se"] == pytest.approx(0.5 / 2)  # sd of (0, -1, 0, 0) / sqrt 4
+    assert table.loc["1", "eval/heldout_accuracy_change"] == -0.125
+    assert table[["eval/heldout_accuracy_change"]].loc[["filter", "3", "4"]].isna().all().all()
+    # ablation: seed 0 then seed 2 (seed 10 has no heldout.csv), in seed order
+    assert "-0.188 (-0.250 ± 0.250, -0.125 ± 0.125)" in (sweep / "report.md").read_text()
+
+
 def test_against_needs_a_swept_override_and_a_baseline_job(sweep):
     with pytest.raises(SystemExit, match="KEY=VALUE with KEY a swept override"):
         report([str(sweep), "--against", "trainer=dpo"])
