@@ -1,5 +1,6 @@
 """What a run leaves in its folder: hypotheses.csv, hypotheses.md, verdicts.yaml, metrics.json,
-environment.json, error.txt when it fails (Hydra adds .hydra/).
+heldout.csv (a trained and evaluated run), environment.json, error.txt when it fails (Hydra adds
+.hydra/; the pipeline writes selection.json and the trained model/).
 
 Each file is written to a temporary name and renamed, so a failing run never leaves a torn file.
 """
