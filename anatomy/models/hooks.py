@@ -76,14 +76,19 @@ def submodule(layer: nn.Module, point: str) -> nn.Module:
     )
 
 
+def hook_module(layers: nn.ModuleList, name: str) -> tuple[nn.Module, str]:
+    """The module a hook point sits on, and the point: `resid_pre` is the layer's input, `resid_post`
+    its output, `attn_out` / `mlp_out` the output of its attention / MLP (`submodule`)."""
+    layer, point = parse_hook(name, len(layers))
+    return (submodule(layers[layer], point) if point in SUBMODULES else layers[layer]), point
+
+
 def check_points(model: nn.Module, names: list[str]) -> None:
     """Each hook point exists on this model's modules (an attention / MLP output needs the module), so
     a model without one fails once it loads, not at the first forward pass that uses the point."""
     layers = decoder_layers(model)
     for name in names:
-        layer, point = parse_hook(name, len(layers))
-        if point in SUBMODULES:
-            submodule(layers[layer], point)
+        hook_module(layers, name)
 
 
 def _replace(output, new):
@@ -99,7 +104,7 @@ def hooks(model: nn.Module, fns: dict[str, HookFn]):
     handles = []
     try:
         for name, fn in fns.items():
-            layer, point = parse_hook(name, len(layers))
+            module, point = hook_module(layers, name)
             if point != "resid_pre":  # an output: the layer's, or its attention's / MLP's
 
                 def post(module, args, output, fn=fn):
@@ -107,7 +112,6 @@ def hooks(model: nn.Module, fns: dict[str, HookFn]):
                     new = fn(act)
                     return None if new is None else _replace(output, new)
 
-                module = layers[layer] if point == "resid_post" else submodule(layers[layer], point)
                 handles.append(module.register_forward_hook(post))
             else:
 
@@ -120,7 +124,7 @@ def hooks(model: nn.Module, fns: dict[str, HookFn]):
                         return (new,) + tuple(args[1:]), kwargs
                     return args, {**kwargs, "hidden_states": new}
 
-                handles.append(layers[layer].register_forward_pre_hook(pre, with_kwargs=True))
+                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         yield
     finally:
         for handle in handles:
