@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -188,11 +189,12 @@ def concept_group_rows(sig: pd.DataFrame) -> list[dict]:
     out = []
     for group, rows in sig.groupby("group", sort=True):
         sides = rows["direction"].value_counts()
-        tokens = pd.Series([t for top in rows["top_tokens"].astype(str) for t in dict.fromkeys(top.split("|"))])
+        # each member's distinct top tokens, counted; ties in the order the strongest members give them
+        tokens = Counter(t for top in rows["top_tokens"].astype(str) for t in dict.fromkeys(top.split("|")))
         out.append({
             "group": int(group), "features": [int(f) for f in rows["feature"]],
             "favours": sides.index[0] if len(sides) == 1 else ", ".join(f"{n} {side}" for side, n in sides.items()),
-            "effect": float(rows["effect"].mean()), "tokens": list(tokens.value_counts(sort=True).index[:6]),
+            "effect": float(rows["effect"].mean()), "tokens": [t for t, _ in tokens.most_common(6)],
             "names": rows["concept"].dropna().value_counts().to_dict() if "concept" in rows.columns else {},
         })
     return out
@@ -221,7 +223,8 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
     if groups:
         out.append(f"{'group':>8} {'features':>8} {'favours':>8} {'effect':>7}  shared top tokens (select.block=[group:N])")
         for g in groups[:5]:
-            out.append(f"{g['group']:>8} {len(g['features']):>8} {g['favours']:>8} {g['effect']:>+7.2f}  {'|'.join(g['tokens'])}")
+            favours = "mixed" if "," in g["favours"] else g["favours"]  # (the counts per side: hypotheses.md)
+            out.append(f"{g['group']:>8} {len(g['features']):>8} {favours:>8} {g['effect']:>+7.2f}  {'|'.join(g['tokens'])}")
     shifts = sorted(k.rsplit("/", 1)[-1] for k in metrics if k.startswith("eval/shift/"))
     if shifts:
         has_base = any(k.startswith("eval/baseline/") for k in metrics)

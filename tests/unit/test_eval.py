@@ -177,12 +177,12 @@ def test_the_summary_lists_the_strongest_concept_groups(tmp_path):
     pd.DataFrame({"feature": [3, 4, 7, 9], "direction": ["chosen", "chosen", "rejected", "chosen"],
                   "effect": [0.5, 0.3, -0.4, 0.01], "q_value": [1e-9, 1e-5, 1e-7, 0.5],
                   "significant": [True, True, True, False], "top_tokens": ["**|##", "##|Key", "maybe", "the"],
-                  "group": [1, 1, 2, None]}).to_csv(path, index=False)
+                  "group": [1, 2, 1, None]}).to_csv(path, index=False)
     metrics = {"audit/n_pairs": 10.0, "audit/n_tested": 4.0, "audit/n_significant": 3.0, "audit/n_groups": 2.0}
     text = summary(metrics, path)
     assert "3 significant in 2 concept groups" in text
     rows = [line.split() for line in text.splitlines() if line.strip()[:1] in ("1", "2") and len(line.split()) == 5]
-    assert rows == [["1", "2", "chosen", "+0.40", "##|**|Key"], ["2", "1", "rejected", "-0.40", "maybe"]]
+    assert rows == [["1", "2", "mixed", "+0.05", "**|##|maybe"], ["2", "1", "chosen", "+0.30", "##|Key"]]
     assert "or block a whole group: select.block=[group:N]" in text
 
 
