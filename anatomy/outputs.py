@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from anatomy.eval.accuracy import correct
+
 CSV_COLUMNS = ["feature", "direction", "effect", "auroc", "p_value", "q_value", "significant", "frequency", "top_tokens"]
 
 
@@ -78,8 +80,6 @@ def write_heldout(out_dir: Path, heldout: list, margins, baseline=None) -> None:
     so the pairs the intervention changed can be read."""
     if not heldout:
         return
-    from anatomy.eval.evaluate import correct
-
     table = pd.DataFrame({"pair": range(len(heldout)), "margin": margins, "correct": correct(margins)})
     if baseline is not None:
         table["baseline_margin"], table["baseline_correct"] = baseline, correct(baseline)

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from anatomy.eval.accuracy import mean_change
+
 # The parts of a job's environment.json that can change its numbers (packages are compared one by one).
 ENVIRONMENT = ("cpu", "torch_cpu_capability", "device", "cuda", "code")
 
@@ -115,8 +117,7 @@ def paired_change(job: Path, base: Path) -> tuple[float, float]:
         mine[c].astype(str).tolist() == theirs[c].astype(str).tolist() for c in ("prompt", "chosen", "rejected"))
     if not same:
         return float("nan"), float("nan")
-    diff = mine["correct"].to_numpy(dtype=float) - theirs["correct"].to_numpy(dtype=float)
-    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    return mean_change(mine["correct"], theirs["correct"])
 
 
 def summarize(table: pd.DataFrame, metrics: list[str], over: list[str]) -> pd.DataFrame:

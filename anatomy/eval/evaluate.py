@@ -47,6 +47,7 @@ import pandas as pd
 from anatomy.data.files import read_rows
 from anatomy.data.schema import PreferencePair, Probe, concept_sides
 from anatomy.errors import AnatomyError
+from anatomy.eval.accuracy import correct, mean_change
 from anatomy.eval.scoring import ends, first_difference, response_logps, score, stop_logp
 from anatomy.models.base import responses_cut
 
@@ -288,11 +289,6 @@ def _same_concept(pairs: list[PreferencePair]) -> dict[str, np.ndarray]:
     return out
 
 
-def correct(margin: np.ndarray) -> np.ndarray:
-    """Per pair: 1 where the margin favours chosen, 0 where rejected, 0.5 for a tie."""
-    return (margin > 0) + 0.5 * (margin == 0)
-
-
 def _accuracy(margin: np.ndarray) -> float:
     return float(correct(margin).mean()) if len(margin) else float("nan")
 
@@ -300,8 +296,7 @@ def _accuracy(margin: np.ndarray) -> float:
 def accuracy_change(margins: np.ndarray, baseline: np.ndarray, prefix: str = "eval") -> dict[str, float]:
     """The held-out accuracy's change against the baseline scored on the same pairs, and its paired
     standard error (of the per-pair change in correctness): `<prefix>/heldout_accuracy_change(_se)`."""
-    if len(margins) != len(baseline) or len(margins) < 2:
+    change, se = mean_change(correct(margins), correct(baseline))
+    if np.isnan(change):
         return {}
-    change = correct(margins) - correct(baseline)
-    return {f"{prefix}/heldout_accuracy_change": float(change.mean()),
-            f"{prefix}/heldout_accuracy_change_se": float(change.std(ddof=1) / np.sqrt(len(change)))}
+    return {f"{prefix}/heldout_accuracy_change": change, f"{prefix}/heldout_accuracy_change_se": se}
