@@ -87,20 +87,20 @@ def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], swee
         raise SystemExit(f"anatomy-report: no finished job has {against}")
     bases = signature[is_base]
     baseline = pd.DataFrame(float("nan"), index=table.index, columns=[f"baseline/{m}" for m in metrics])
-    change = pd.DataFrame(float("nan"), index=table.index, columns=[CHANGE, f"{CHANGE}_se"])
+    table = table.copy()
+    for column in (CHANGE, f"{CHANGE}_se"):  # a job's own (in-run baseline) stays; others are paired below
+        if column not in table.columns:
+            table[column] = float("nan")
     for i in ok.index[~is_base]:
         found = bases.index[bases == signature[i]]
         if len(found) == 1:
             baseline.loc[i] = ok.loc[found[0], metrics].to_numpy(dtype=float)
-            if sweep_dir is not None:
-                change.loc[i] = paired_change(sweep_dir / table.loc[i, "job"], sweep_dir / table.loc[found[0], "job"])
-    for column in change.columns:  # a job's own (in-run baseline) wins
-        if column in table.columns:
-            change[column] = table[column].where(table[column].notna(), change[column])
-    table = table.drop(columns=[c for c in change.columns if c in table.columns])
-    if change[CHANGE].isna().all():
-        change = change.iloc[:, :0]
-    return pd.concat([table, baseline, change], axis=1)
+            if sweep_dir is not None and pd.isna(table.loc[i, CHANGE]):
+                table.loc[i, [CHANGE, f"{CHANGE}_se"]] = paired_change(
+                    sweep_dir / table.loc[i, "job"], sweep_dir / table.loc[found[0], "job"])
+    if table[CHANGE].isna().all():
+        table = table.drop(columns=[CHANGE, f"{CHANGE}_se"])
+    return pd.concat([table, baseline], axis=1)
 
 
 CHANGE = "eval/heldout_accuracy_change"

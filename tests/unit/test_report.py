@@ -66,14 +66,20 @@ def test_against_baseline_pairs_the_heldout_accuracy_pair_by_pair(sweep):
     heldout(sweep / "0", [1, 1, 1, 1])  # none, seed 2
     heldout(sweep / "1", [1, 1, 1, 0.5])  # ablation, seed 2: one pair tied
     heldout(sweep / "filter", [1, 1, 0, 1], prompts=["other"] * 4)  # other pairs: no pairing
+    own = json.loads((sweep / "3" / "metrics.json").read_text())  # ablation, seed 10: an in-run baseline's change
+    own.update({"eval/heldout_accuracy_change": -0.3, "eval/heldout_accuracy_change_se": 0.05})
+    (sweep / "3" / "metrics.json").write_text(json.dumps(own))
+    heldout(sweep / "3", [0, 0, 0, 0])  # (its own change is kept, not paired again)
+    heldout(sweep / "2", [1, 1, 1, 1])
     report([str(sweep), "--metrics", "eval/heldout_accuracy", "--against", "intervention=none"])
     table = pd.read_csv(sweep / "report.csv").set_index("job")
     assert table.loc["5", "eval/heldout_accuracy_change"] == -0.25
     assert table.loc["5", "eval/heldout_accuracy_change_se"] == pytest.approx(0.5 / 2)  # sd of (0, -1, 0, 0) / sqrt 4
     assert table.loc["1", "eval/heldout_accuracy_change"] == -0.125
-    assert table[["eval/heldout_accuracy_change"]].loc[["filter", "3", "4"]].isna().all().all()
-    # ablation: seed 0 then seed 2 (seed 10 has no heldout.csv), in seed order
-    assert "-0.188 (-0.250 ± 0.250, -0.125 ± 0.125)" in (sweep / "report.md").read_text()
+    assert table.loc["3", "eval/heldout_accuracy_change"] == -0.3 and table.loc["3", "eval/heldout_accuracy_change_se"] == 0.05
+    assert table[["eval/heldout_accuracy_change"]].loc[["filter", "2", "4"]].isna().all().all()
+    # ablation, in seed order 0, 2, 10
+    assert "-0.225 (-0.250 ± 0.250, -0.125 ± 0.125, -0.300 ± 0.050)" in (sweep / "report.md").read_text()
 
 
 def test_against_needs_a_swept_override_and_a_baseline_job(sweep):
