@@ -12,6 +12,15 @@ from anatomy.models.base import LoadedModel, ModelSpec
 from anatomy.saes.base import LoadedSAE, check_sae
 
 
+def config_hook(cfg: dict, override: str | None, where: str) -> str:
+    """The hook an SAE's config names (sae-lens 6 keeps it in its metadata), unless `sae.hook` overrides it."""
+    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    hook = override or metadata.get("hook_name") or cfg.get("hook_name")
+    if not hook:
+        raise AnatomyError(f"{where} names no hook; set sae.hook")
+    return hook
+
+
 @dataclass
 class PretrainedSAE:
     """`SAE.from_pretrained(release, sae_id)` from the sae-lens registry (e.g. gpt2-small-res-jb)."""
@@ -21,15 +30,34 @@ class PretrainedSAE:
     hook: str | None = None  # override the SAE's own hook name (None: use the SAE's metadata)
 
     def check(self, spec: ModelSpec) -> None:
-        """The SAE id against sae-lens's registry (shipped with sae-lens: no hub needed). The hook and
-        the width are checked after loading: they are in the SAE's cfg, on the hub."""
+        """Before the model loads: the SAE id against sae-lens's registry (shipped with sae-lens, no
+        hub needed), then the SAE's config alone (its cfg.json, a few kB from the hub or its cache):
+        the hook must exist in the model and d_in must equal the model's width."""
         release = self._registry_entry()
-        if release is None:  # not a registry release: sae-lens also takes a hub repo id, tried at load
-            return
-        if self.sae_id not in release.saes_map:
+        if release is not None and self.sae_id not in release.saes_map:
             ids = sorted(release.saes_map)
             raise AnatomyError(f"sae.sae_id={self.sae_id!r} is not in sae-lens release {self.release!r}; its "
                                f"{len(ids)} SAE ids: {', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}")
+        cfg = self._cfg()
+        if cfg.get("d_in") is None:
+            raise AnatomyError(f"{self._where()}: its config has no d_in; cannot check it against the model")
+        check_sae(spec, self._hook(cfg), int(cfg["d_in"]), self._where())
+
+    def _where(self) -> str:
+        return f"sae.release={self.release!r} sae.sae_id={self.sae_id!r}"
+
+    def _cfg(self) -> dict:
+        """The SAE's config as sae-lens reads it for `SAE.from_pretrained` (which then finds it cached)."""
+        from sae_lens.loading.pretrained_sae_loaders import load_sae_config_from_huggingface
+
+        try:
+            return load_sae_config_from_huggingface(self.release, self.sae_id)
+        except Exception as err:  # unknown release or repository, no network and nothing cached
+            raise AnatomyError(f"{self._where()}: cannot read its config ({type(err).__name__}: {err}); check "
+                               "the release and id, and that the hub is reachable or the SAE is cached") from err
+
+    def _hook(self, cfg: dict) -> str:
+        return config_hook(cfg, self.hook, f"{self._where()}: its config")
 
     def load(self, model: LoadedModel, texts, model_key: str) -> tuple[LoadedSAE, bool]:
         from sae_lens import SAE
@@ -37,10 +65,9 @@ class PretrainedSAE:
         try:
             sae = SAE.from_pretrained(self.release, self.sae_id, device=str(model.model.device))
         except Exception as err:  # unknown release, no network, a missing file on the hub: say which SAE
-            raise AnatomyError(f"sae.release={self.release!r} sae.sae_id={self.sae_id!r}: cannot load "
-                               f"({type(err).__name__}: {err})") from err
+            raise AnatomyError(f"{self._where()}: cannot load ({type(err).__name__}: {err})") from err
         hook = self.hook or sae.cfg.metadata.hook_name
-        hook = check_sae(model.spec, hook, sae.cfg.d_in, f"sae {self.release}/{self.sae_id}")
+        hook = check_sae(model.spec, hook, sae.cfg.d_in, self._where())
         source = f"{self.release}/{self.sae_id}"
         return LoadedSAE(sae, hook, sae.cfg.d_in, sae.cfg.d_sae, source, f"{source}@{self._version()}"), False
 
@@ -82,11 +109,7 @@ class LocalSAE:
         return cfg
 
     def _hook(self, cfg: dict) -> str:
-        metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
-        hook = self.hook or metadata.get("hook_name") or cfg.get("hook_name")
-        if not hook:
-            raise AnatomyError(f"sae.path={self.path!r}: cfg.json names no hook; set sae.hook")
-        return hook
+        return config_hook(cfg, self.hook, f"sae.path={self.path!r}: cfg.json")
 
     def check(self, spec: ModelSpec) -> None:
         """Reads only cfg.json: the hook must exist and d_in must equal the model's width."""

@@ -160,6 +160,33 @@ def test_local_file(default_audit, tmp_path):
     assert len(table) == metrics["audit/n_tested"]
 
 
+def test_a_pretrained_sae_loads_through_the_sae_lens_registry_as_the_trained_one(default_audit, tmp_path, monkeypatch):
+    """`sae=pretrained` takes the real path, `SAE.from_pretrained(release, sae_id)` through sae-lens's
+    registry, here from an offline hub cache where the trained SAE's files stand in for the
+    registry's pythia-70m-deduped-res-sm blocks.3 SAE: its config is checked against the model
+    before the model loads, and the audit gives the trained SAE's hypotheses."""
+    import re
+    import shutil
+
+    import pandas as pd
+    from huggingface_hub import constants
+
+    metrics, out = default_audit
+    trained = re.search(r"SAE `([^`]+)`", (out / "hypotheses.md").read_text()).group(1)
+    repo = tmp_path / "hub" / "models--ctigges--pythia-70m-deduped__res-sm_processed"
+    shutil.copytree(trained, repo / "snapshots" / "abc123" / "3-res-sm")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    study = (*[o for o in SMALL if not o.startswith("sae.")], *AUDIT, "sae=pretrained")
+    pretrained, pretrained_out = run_study(tmp_path / "pretrained", *study)
+    assert "pythia-70m-deduped-res-sm/blocks.3.hook_resid_post" in (pretrained_out / "hypotheses.md").read_text()
+    assert pretrained["audit/n_significant"] == metrics["audit/n_significant"]
+    columns = ["feature", "effect", "q_value", "significant"]
+    pd.testing.assert_frame_equal(pd.read_csv(pretrained_out / "hypotheses.csv")[columns],
+                                  pd.read_csv(out / "hypotheses.csv")[columns])
+
+
 def test_hh_rlhf(shared_data, tmp_path):
     metrics, out = run_study(tmp_path, *hh_rlhf_small(shared_data), *AUDIT)
     assert metrics["data/rows"] == 2312 and metrics["data/dropped_invalid"] == 4

@@ -320,6 +320,46 @@ def test_pretrained_sae_id_not_in_its_release(tmp_path, fresh_cache):
     assert "blocks.3.hook_resid_post" in msg  # names ids the release does have
 
 
+def _hub_sae_cfg(cache: Path, monkeypatch, cfg: dict | None) -> None:
+    """An offline hub cache holding only pythia-70m-deduped-res-sm's blocks.3 cfg.json (or nothing)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    if cfg is not None:
+        repo = cache / "models--ctigges--pythia-70m-deduped__res-sm_processed"
+        folder = repo / "snapshots" / "abc123" / "3-res-sm"
+        folder.mkdir(parents=True)
+        (folder / "cfg.json").write_text(json.dumps(cfg))
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text("abc123")
+
+
+PYTHIA_SAE_CFG = {"d_in": 512, "d_sae": 32768, "hook_name": "blocks.3.hook_resid_post", "hook_layer": 3,
+                  "model_name": "pythia-70m-deduped", "dtype": "float32", "device": "cpu"}
+
+
+def test_a_pretrained_sae_for_another_models_width_fails_before_the_model_loads(tmp_path, fresh_cache, monkeypatch):
+    # Only the SAE's cfg.json is read (cached here, a few kB from the hub for a user): its d_in
+    # against the model's width, before the model, or the SAE's weights, load.
+    _hub_sae_cfg(tmp_path / "hub", monkeypatch, {**PYTHIA_SAE_CFG, "hook_name": "blocks.1.hook_resid_post"})
+    msg = fails(tmp_path, fresh_cache, "sae=pretrained")
+    assert "sae.release='pythia-70m-deduped-res-sm' sae.sae_id='blocks.3.hook_resid_post'" in msg
+    assert "d_in=512 differs from the model's width 128" in msg
+
+
+def test_a_pretrained_sae_whose_hook_the_model_lacks_fails_before_the_model_loads(tmp_path, fresh_cache, monkeypatch):
+    _hub_sae_cfg(tmp_path / "hub", monkeypatch, {**PYTHIA_SAE_CFG, "d_in": 128, "hook_name": "blocks.7.hook_resid_post"})
+    msg = fails(tmp_path, fresh_cache, "sae=pretrained")
+    assert "hook 'blocks.7.hook_resid_post': layer 7 does not exist; the model has layers 0..3" in msg
+
+
+def test_a_pretrained_sae_whose_config_cannot_be_read_fails_before_the_model_loads(tmp_path, fresh_cache, monkeypatch):
+    _hub_sae_cfg(tmp_path / "hub", monkeypatch, None)  # offline, nothing cached
+    msg = fails(tmp_path, fresh_cache, "sae=pretrained")
+    assert "sae.release='pythia-70m-deduped-res-sm' sae.sae_id='blocks.3.hook_resid_post': cannot read its config" in msg
+    assert "the hub is reachable or the SAE is cached" in msg
+
+
 def test_a_model_that_cannot_be_found_is_an_error_naming_the_keys(tmp_path, fresh_cache):
     # Offline, a hub id that is not cached reads the same as a folder that does not exist.
     msg = fails(tmp_path, fresh_cache, "model=hf", f"model.name={tmp_path / 'no-such-model'}")
