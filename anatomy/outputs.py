@@ -41,6 +41,14 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, details: dict, metrics: di
     write_metrics(out_dir, metrics)
 
 
+def replicated(row) -> str:
+    """'yes' / 'no' where the hypothesis was tested again on the held-out pairs, '' where it was not."""
+    value = row.get("replicated")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return "yes" if str(value) in ("True", "1", "1.0") else "no"
+
+
 def strongest_first(table: pd.DataFrame) -> pd.DataFrame:
     """The significant hypotheses, smallest q first, then largest |effect|: the order of hypotheses.md,
     verdicts.yaml and the summary."""
@@ -68,6 +76,7 @@ def write_verdicts(out_dir: Path, table: pd.DataFrame, header: dict, decided: di
     for feature, row in rows.items():
         concept = f"; names {row['concept']}" if isinstance(row.get("concept"), str) else ""
         concept = (f"; group {int(row['group'])}" if pd.notna(row.get("group", pd.NA)) else "") + concept
+        concept += {"yes": "; replicated on held-out", "no": "; NOT replicated on held-out", "": ""}[replicated(row)]
         tokens = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(row.get("top_tokens") or ""))
         lines.append(f"{f'{feature}:':<6} {decided.get(feature, 'allow'):<8} # favours {row['direction']}, effect "
                      f"{row['effect']:+.2f}, top tokens {tokens}{concept}")
@@ -126,6 +135,13 @@ def render_markdown(table: pd.DataFrame, details: dict, metrics: dict, header: d
         "Effect is the standardized paired difference (d_z); AUROC is P(feature higher in chosen).",
         "",
     ]
+    if "audit/n_replicated" in metrics:
+        lines += [f"**{int(metrics['audit/n_replicated'])} of {len(sig)} replicated** on the "
+                  f"{int(metrics['audit/heldout_pairs'])} held-out pairs, which they were not found on: the same "
+                  f"test and correction over the {len(sig)}, q <= {header['alpha']} with the effect on the same side "
+                  f"(`hypothesis.replicate`; the held-out columns of hypotheses.csv). "
+                  f"{metrics['audit/heldout_same_side']:.0%} have their held-out effect on the same side: with few "
+                  "held-out pairs a weak hypothesis can be real and still lack the power to replicate.", ""]
     if "audit/recall" in metrics:
         lines += [f"Against the planted concepts: recall {metrics['audit/recall']:.2f}, "
                   f"precision {metrics['audit/precision']:.2f}.", ""]
@@ -138,7 +154,9 @@ def render_markdown(table: pd.DataFrame, details: dict, metrics: dict, header: d
             f"## Feature {int(row['feature'])}: favours {row['direction']}{group}{concept}",
             "",
             f"effect {row['effect']:+.3f}, AUROC {row['auroc']:.3f}, q {row['q_value']:.2e}, "
-            f"active in {row['frequency']:.1%} of responses",
+            f"active in {row['frequency']:.1%} of responses" + (
+                f"; on the held-out pairs effect {row['heldout_effect']:+.3f}, q {row['heldout_q']:.2e}: "
+                f"{'replicated' if replicated(row) == 'yes' else '**not replicated**'}" if replicated(row) else ""),
             "",
             f"- top tokens: `{row['top_tokens']}`",
             f"- promotes: `{' '.join(d['promoted'])}`",
@@ -164,14 +182,17 @@ def render_groups(sig: pd.DataFrame, max_report: int) -> list[str]:
         "together (the `group` column of hypotheses.csv and the comments in verdicts.yaml).",
         "",
         "| group | features | favours | mean effect | shared top tokens | feature ids |" + (
-            " names |" if "concept" in sig.columns else ""),
-        "| --- | --- | --- | --- | --- | --- |" + (" --- |" if "concept" in sig.columns else ""),
+            " replicated |" if "replicated" in sig.columns else "") + (" names |" if "concept" in sig.columns else ""),
+        "| --- | --- | --- | --- | --- | --- |" + (" --- |" if "replicated" in sig.columns else "") + (
+            " --- |" if "concept" in sig.columns else ""),
     ]
     groups = concept_group_rows(sig)
     for g in groups[:max_report]:
         shared = " ".join(f"`{t}`" for t in g["tokens"])
         ids = ", ".join(map(str, g["features"][:8])) + (", ..." if len(g["features"]) > 8 else "")
         line = f"| {g['group']} | {len(g['features'])} | {g['favours']} | {g['effect']:+.2f} | {shared} | {ids} |"
+        if "replicated" in sig.columns:
+            line += f" {g['replicated']} of {len(g['features'])} |"
         if "concept" in sig.columns:
             line += " " + (", ".join(f"{c} {n}" for c, n in g["names"].items()) or "-") + " |"
         lines.append(line)
@@ -196,6 +217,7 @@ def concept_group_rows(sig: pd.DataFrame) -> list[dict]:
             "favours": sides.index[0] if len(sides) == 1 else ", ".join(f"{n} {side}" for side, n in sides.items()),
             "effect": float(rows["effect"].mean()), "tokens": [t for t, _ in tokens.most_common(6)],
             "names": rows["concept"].dropna().value_counts().to_dict() if "concept" in rows.columns else {},
+            "replicated": sum(replicated(r) == "yes" for r in rows.to_dict("records")),
         })
     return out
 
@@ -211,14 +233,21 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
         f"{int(metrics['audit/n_significant'])} significant"
         + (f" in {int(metrics['audit/n_groups'])} concept groups" if "audit/n_groups" in metrics else ""),
     ]
+    if "audit/n_replicated" in metrics:
+        out.append(f"replicated on {int(metrics['audit/heldout_pairs'])} held-out pairs (not the ones they were found on): "
+                   f"{int(metrics['audit/n_replicated'])} of {int(metrics['audit/n_significant'])} "
+                   "(held-out: the effect there, ! where not replicated)")
     if "audit/recall" in metrics:
         found = [k.split("/")[-1] for k, v in metrics.items() if k.startswith("audit/found/") and v]
         out.append(f"planted concepts: recall {metrics['audit/recall']:.2f}, precision "
                    f"{metrics['audit/precision'] if metrics['audit/precision'] is not None else float('nan'):.2f}; "
                    f"found {', '.join(found)}")
-    out.append(f"{'feature':>8} {'favours':>8} {'effect':>7} {'q':>9}  top tokens")
+    rep = "replicated" in sig.columns
+    out.append(f"{'feature':>8} {'favours':>8} {'effect':>7} {'q':>9}" + (f" {'held-out':>8}" if rep else "") + "  top tokens")
     for _, r in sig.head(n_show).iterrows():
-        out.append(f"{int(r['feature']):>8} {r['direction']:>8} {r['effect']:>+7.2f} {r['q_value']:>9.1e}  {r['top_tokens']}")
+        held = f" {(f'{r.heldout_effect:+.2f}' if replicated(r) else '') + {'yes': '', 'no': '!', '': ''}[replicated(r)]:>8}"
+        out.append(f"{int(r['feature']):>8} {r['direction']:>8} {r['effect']:>+7.2f} {r['q_value']:>9.1e}"
+                   + (held if rep else "") + f"  {r['top_tokens']}")
     groups = concept_group_rows(sig)
     if groups:
         out.append(f"{'group':>8} {'features':>8} {'favours':>8} {'effect':>7}  shared top tokens (select.block=[group:N])")

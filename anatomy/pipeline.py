@@ -1,4 +1,5 @@
-"""The loop, stage by stage: data -> model -> SAE -> features -> hypotheses -> evidence.
+"""The loop, stage by stage: data -> model -> SAE -> features -> hypotheses -> evidence, the
+significant hypotheses tested again on the held-out pairs (replication) before the evidence.
 
 Every config node is instantiated (and so validated) before anything is loaded; the data are
 read and checked, and the hook and SAE width are checked against the model's config, before any
@@ -167,6 +168,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     with timer("hypotheses"):
         table, hit = test_hypotheses(stages.hypothesis, feats, features_key)
     metrics["cache/hypotheses"] = float(hit)
+    if stages.hypothesis.replicate and len(data.heldout) >= 2:
+        with timer("replication"):
+            table, replication = replicate_hypotheses(stages, model, sae, table, data.heldout)
+        metrics.update(replication)
+    elif stages.hypothesis.replicate:
+        log.warning("hypothesis.replicate: fewer than 2 held-out pairs (data.heldout_fraction=0?): the "
+                    "hypotheses are not tested again on pairs they were not found on")
     with timer("evidence"):
         details = gather_evidence(stages.evidence, feats, table, sae, model)
     significant = table[table["significant"]]
@@ -235,10 +243,29 @@ def test_hypotheses(hypothesis, feats, features_key: str):
         length_diff = (feats.chosen_length - feats.rejected_length).astype(np.float64)
         hypothesis.run(feats.chosen, feats.rejected, length_diff).to_parquet(folder / "table.parquet")
 
-    key = {"hypothesis": asdict(hypothesis), "features": features_key,
+    config = {k: v for k, v in asdict(hypothesis).items() if k != "replicate"}  # replication is not cached here
+    key = {"hypothesis": config, "features": features_key,
            "code": stage_code(type(hypothesis).__module__)}
     folder, hit = cached_dir("hypotheses", key, build)
     return pd.read_parquet(folder / "table.parquet"), hit
+
+
+def replicate_hypotheses(stages, model, sae, table, heldout) -> tuple:
+    """The significant hypotheses tested again on the held-out pairs (`HypothesisTest.replication`),
+    featurized through the same model and SAE (cached): their columns joined to the table.
+    -> (table, audit/heldout_pairs, audit/n_replicated, audit/replication_rate, audit/heldout_same_side:
+    the share whose held-out effect is at least on the same side, significant or not)"""
+    held, hit, _ = stages.featurize.cached(model, sae, heldout)
+    length_diff = (held.chosen_length - held.rejected_length).astype(np.float64)
+    replication = stages.hypothesis.replication(table, held.chosen, held.rejected, length_diff)
+    table = table.merge(replication, on="feature", how="left")
+    n = len(replication)
+    n_replicated = int(replication["replicated"].sum())
+    found = table.set_index("feature").loc[replication["feature"], "effect"].to_numpy()
+    same_side = float((np.sign(replication["heldout_effect"].to_numpy()) == np.sign(found)).mean()) if n else float("nan")
+    return table, {"audit/heldout_pairs": float(len(heldout)), "audit/n_replicated": float(n_replicated),
+                   "audit/replication_rate": n_replicated / n if n else float("nan"),
+                   "audit/heldout_same_side": same_side, "cache/heldout_features": float(hit)}
 
 
 def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, timer,

@@ -6,10 +6,13 @@ to the pooled SAE activations of a preference dataset:
     from anatomy.hypotheses import HypothesisTest
     table = HypothesisTest(test="wilcoxon", correction="bh").run(chosen, rejected)
     table[table.significant]
+    replication = HypothesisTest().replication(table, heldout_chosen, heldout_rejected)
 
 `chosen` and `rejected` are sparse (n_pairs, n_features), row i holding the two
 responses of pair i.  All features are tested at once (see `stats`); the
-multiple-testing family is the features that pass `min_frequency`.
+multiple-testing family is the features that pass `min_frequency`.  `replication`
+tests the significant hypotheses again on other pairs (the held-out split), so
+what the audit found is checked on pairs it was not found on.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class HypothesisTest:
     min_frequency: float = 0.01  # test only features active in at least this fraction of responses
     min_effect: float = 0.2  # significant also needs |effect| >= this (standardized effect d_z)
     control_length: bool = False  # regress the chosen-rejected length difference out of each feature
+    replicate: bool = True  # test each significant hypothesis again on the held-out pairs (`replication`)
 
     def __post_init__(self):
         if self.test not in TESTS:
@@ -81,20 +85,9 @@ class HypothesisTest:
         D = stats.paired_difference(chosen, rejected)
         if len(tested) < D.shape[1]:
             D = D[:, tested]
-        n_pos, n_neg, p_sign = stats.sign_test(D)
-        _, _, p_wilcoxon = stats.wilcoxon(D)
         b, c, p_presence = stats.presence_test(chosen, rejected)
-        eff = stats.effect_sizes(D)
-
-        effect = eff["std_effect"]
-        p_value = p_wilcoxon if self.test == "wilcoxon" else p_sign
-        extra = {}
-        if self.control_length:
-            fit = stats._length_ols(D, length_diff)
-            extra = {"effect_unadjusted": effect, "p_unadjusted": p_value}
-            sigma = fit["sigma"]
-            effect = np.divide(fit["intercept"], sigma, out=np.zeros_like(sigma), where=sigma > 0)
-            p_value = fit["p"]
+        t = self._paired(D, length_diff)
+        effect, p_value, eff = t["effect"], t["p_value"], t["eff"]
         q_value = adjust(p_value, self.correction)
 
         table = pd.DataFrame(
@@ -108,15 +101,57 @@ class HypothesisTest:
                 "q_value": q_value,
                 "significant": (q_value <= self.alpha) & (np.abs(effect) >= self.min_effect),
                 "frequency": freq[tested],
-                "n_pos": n_pos.astype(np.int64),
-                "n_neg": n_neg.astype(np.int64),
-                "p_sign": p_sign,
-                "p_wilcoxon": p_wilcoxon,
+                "n_pos": t["n_pos"].astype(np.int64),
+                "n_neg": t["n_neg"].astype(np.int64),
+                "p_sign": t["p_sign"],
+                "p_wilcoxon": t["p_wilcoxon"],
                 "p_presence": p_presence[tested],
                 "presence_chosen": b[tested].astype(np.int64),
                 "presence_rejected": c[tested].astype(np.int64),
-                **extra,
+                **t["extra"],
             }
         )
         order = np.lexsort((table["feature"].to_numpy(), table["p_value"].to_numpy()))
         return table.iloc[order].reset_index(drop=True)
+
+    def _paired(self, D, length_diff) -> dict:
+        """Per column of the paired differences D: `effect` (d_z, or with control_length the
+        length-adjusted one), `p_value` (the primary test's), and the statistics behind them."""
+        n_pos, n_neg, p_sign = stats.sign_test(D)
+        _, _, p_wilcoxon = stats.wilcoxon(D)
+        eff = stats.effect_sizes(D)
+        effect = eff["std_effect"]
+        p_value = p_wilcoxon if self.test == "wilcoxon" else p_sign
+        extra = {}
+        if self.control_length:
+            fit = stats._length_ols(D, length_diff)
+            extra = {"effect_unadjusted": effect, "p_unadjusted": p_value}
+            sigma = fit["sigma"]
+            effect = np.divide(fit["intercept"], sigma, out=np.zeros_like(sigma), where=sigma > 0)
+            p_value = fit["p"]
+        return {"effect": effect, "p_value": p_value, "n_pos": n_pos, "n_neg": n_neg, "p_sign": p_sign,
+                "p_wilcoxon": p_wilcoxon, "eff": eff, "extra": extra}
+
+    def replication(self, table: pd.DataFrame, chosen, rejected, length_diff=None) -> pd.DataFrame:
+        """The significant hypotheses of `table`, tested again on other pairs (`chosen` / `rejected`:
+        the held-out split's pooled activations, the same features): the same test and effect there,
+        the same correction over the significant hypotheses (the replication family), and
+        `replicated`: q <= alpha there with the effect on the same side. min_effect is the discovery's
+        screen and is not asked again. -> one row per significant hypothesis: feature, heldout_effect,
+        heldout_p, heldout_q, replicated."""
+        features = table.loc[table["significant"], "feature"].to_numpy(dtype=np.int64)
+        columns = ["feature", "heldout_effect", "heldout_p", "heldout_q", "replicated"]
+        if len(features) == 0:
+            return pd.DataFrame({c: [] for c in columns})
+        if chosen.shape[0] < 2:
+            raise ValueError(f"replication needs at least 2 pairs; got {chosen.shape[0]}")
+        if self.control_length and length_diff is None:
+            raise ValueError("control_length is on but no length_diff was given")
+        D = stats.paired_difference(chosen[:, features], rejected[:, features])
+        t = self._paired(D, length_diff)
+        effect, p_value = t["effect"], t["p_value"]
+        q_value = adjust(p_value, self.correction)
+        found = table.set_index("feature").loc[features, "effect"].to_numpy()
+        return pd.DataFrame({"feature": features, "heldout_effect": effect, "heldout_p": p_value,
+                             "heldout_q": q_value,
+                             "replicated": (q_value <= self.alpha) & (np.sign(effect) == np.sign(found))})

@@ -202,3 +202,52 @@ def test_run_input_errors():
         HypothesisTest().run(a, _activations(10, 6, 0.5, 1))
     with pytest.raises(ValueError, match="n_pairs >= 2"):
         HypothesisTest().run(a[:1], a[:1])
+
+
+def _planted(n, seed, flip_8=False):
+    """30 null features, feature 3 higher in chosen and feature 8 higher in rejected (or, with
+    flip_8, in chosen: a finding that reverses on other pairs)."""
+    chosen, rejected = _activations(n, 30, 0.2, seed).tolil(), _activations(n, 30, 0.2, seed + 1).tolil()
+    rng = np.random.default_rng(seed + 2)
+    chosen[:, 3] = rng.exponential(2.0, (n, 1)) + 0.5
+    rejected[:, 3] = rng.exponential(1.0, (n, 1))
+    high, low = rng.exponential(2.0, (n, 1)) + 0.5, rng.exponential(1.0, (n, 1))
+    rejected[:, 8], chosen[:, 8] = (low, high) if flip_8 else (high, low)
+    return chosen.tocsr(), rejected.tocsr()
+
+
+def test_replication_tests_the_significant_hypotheses_again_on_other_pairs():
+    test = HypothesisTest()
+    table = test.run(*_planted(400, 10))
+    assert set(table.loc[table.significant, "feature"]) == {3, 8}
+    again = test.replication(table, *_planted(200, 20)).set_index("feature")
+    assert set(again.index) == {3, 8}  # only the significant ones
+    assert again["replicated"].all()
+    assert again.loc[3, "heldout_effect"] > 0 > again.loc[8, "heldout_effect"]
+    # the held-out numbers are the same test's on the other pairs, corrected over the significant family
+    other = test.run(*_planted(200, 20)).set_index("feature")
+    assert again.loc[3, "heldout_p"] == pytest.approx(other.loc[3, "p_value"])
+    assert again["heldout_q"].tolist() == pytest.approx(adjust(again["heldout_p"].to_numpy(), "bh").tolist())
+
+    # on pairs where feature 8 favours the other side it is not replicated, however small its p
+    flipped = test.replication(table, *_planted(200, 20, flip_8=True)).set_index("feature")
+    assert flipped.loc[8, "heldout_q"] < 1e-6 and not flipped.loc[8, "replicated"] and flipped.loc[3, "replicated"]
+
+    # on pairs with nothing planted, nothing replicates
+    null = test.replication(table, _activations(200, 30, 0.2, 30), _activations(200, 30, 0.2, 31))
+    assert not null["replicated"].any()
+
+
+def test_replication_with_length_control_and_with_nothing_significant():
+    test = HypothesisTest(control_length=True)
+    rng = np.random.default_rng(60)
+    chosen, rejected = _planted(300, 40)
+    table = test.run(chosen, rejected, rng.normal(0, 10, 300))  # lengths unrelated to the features
+    held_c, held_r = _planted(150, 50)
+    held_length = rng.normal(0, 10, 150)
+    again = test.replication(table, held_c, held_r, held_length)
+    assert again["replicated"].all() and len(again) == table.significant.sum() > 0
+    with pytest.raises(ValueError, match="length_diff"):
+        test.replication(table, held_c, held_r)
+    empty = test.replication(table.assign(significant=False), held_c, held_r, held_length)
+    assert empty.empty and list(empty.columns) == ["feature", "heldout_effect", "heldout_p", "heldout_q", "replicated"]
