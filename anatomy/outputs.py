@@ -293,7 +293,9 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
             out.append(acc + ")")
         else:
             out.append("held-out accuracy: no held-out pairs (data.heldout_fraction)")
-    if not any(k.startswith(("train/", "eval/")) for k in metrics):  # an audit only: what to do next
+    if not any(k.startswith(("train/", "eval/")) for k in metrics) and sig.empty:
+        out += ["", "nothing to decide: no hypothesis is significant"]
+    elif not any(k.startswith(("train/", "eval/")) for k in metrics):  # an audit only: what to do next
         out += ["", f"to decide: set block / amplify in {table_path.parent / 'verdicts.yaml'}, then train with the",
                 "same config and select.verdicts=<that file> (README, Decide)"
                 + ("; or block a whole group: select.block=[group:N]" if groups else "")]

@@ -168,11 +168,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     with timer("hypotheses"):
         table, hit = test_hypotheses(stages.hypothesis, feats, features_key)
     metrics["cache/hypotheses"] = float(hit)
-    if stages.hypothesis.replicate and len(data.heldout) >= 2:
+    if stages.hypothesis.replicate and len(data.heldout) >= 2 and table["significant"].any():
         with timer("replication"):
             table, replication = replicate_hypotheses(stages, model, sae, table, data.heldout)
         metrics.update(replication)
-    elif stages.hypothesis.replicate:
+    elif stages.hypothesis.replicate and table["significant"].any():
         log.warning("hypothesis.replicate: fewer than 2 held-out pairs (data.heldout_fraction=0?): the "
                     "hypotheses are not tested again on pairs they were not found on")
     with timer("evidence"):
@@ -251,7 +251,7 @@ def test_hypotheses(hypothesis, feats, features_key: str):
 
 
 def replicate_hypotheses(stages, model, sae, table, heldout) -> tuple:
-    """The significant hypotheses tested again on the held-out pairs (`HypothesisTest.replication`),
+    """The significant hypotheses (at least one) tested again on the held-out pairs (`HypothesisTest.replication`),
     featurized through the same model and SAE (cached): their columns joined to the table.
     -> (table, audit/heldout_pairs, audit/n_replicated, audit/replication_rate, audit/heldout_same_side:
     the share whose held-out effect is at least on the same side, significant or not)"""
@@ -259,12 +259,11 @@ def replicate_hypotheses(stages, model, sae, table, heldout) -> tuple:
     length_diff = (held.chosen_length - held.rejected_length).astype(np.float64)
     replication = stages.hypothesis.replication(table, held.chosen, held.rejected, length_diff)
     table = table.merge(replication, on="feature", how="left")
-    n = len(replication)
     n_replicated = int(replication["replicated"].sum())
     found = table.set_index("feature").loc[replication["feature"], "effect"].to_numpy()
-    same_side = float((np.sign(replication["heldout_effect"].to_numpy()) == np.sign(found)).mean()) if n else float("nan")
+    same_side = float((np.sign(replication["heldout_effect"].to_numpy()) == np.sign(found)).mean())
     return table, {"audit/heldout_pairs": float(len(heldout)), "audit/n_replicated": float(n_replicated),
-                   "audit/replication_rate": n_replicated / n if n else float("nan"),
+                   "audit/replication_rate": n_replicated / len(replication),
                    "audit/heldout_same_side": same_side, "cache/heldout_features": float(hit)}
 
 

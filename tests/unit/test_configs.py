@@ -89,6 +89,15 @@ def test_experiment_composes_and_binds(experiment):
     assert "# @package _global_" in (REPO / "experiments" / f"{experiment}.yaml").read_text()
 
 
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith(("audit_", "threshold_"))])
+def test_an_audit_study_stops_after_the_audit(experiment):
+    # the default study trains: an audit (or a sweep over the audit's thresholds) must say it does not
+    cfg = compose(f"experiment={experiment}")
+    assert cfg.trainer._target_ == "anatomy.trainers.NoTrainer" and not cfg.trainer.enabled
+    assert cfg.intervention._target_ == "anatomy.interventions.NoIntervention"
+    assert cfg.eval._target_ == "anatomy.eval.NoEval"
+
+
 def test_a_misspelled_key_fails_to_bind():
     cfg = compose("+hypothesis.alpah=0.1")
     with pytest.raises(AssertionError, match="alpah"):
