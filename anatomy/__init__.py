@@ -1,7 +1,7 @@
 """anatomy: audit what a preference dataset teaches a model, then decide it.
 
 The pipeline reads as the package: ``data`` -> ``models`` -> ``saes`` -> ``features`` ->
-``hypotheses`` -> ``evidence`` (and, next, decide -> intervene -> train -> evaluate).
+``hypotheses`` -> ``evidence``, then ``select`` (decide) -> ``interventions`` -> ``trainers`` -> ``eval``.
 Run it with the ``anatomy`` command (see README.md).
 """
 

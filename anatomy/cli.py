@@ -1,13 +1,13 @@
 """The `anatomy` command: compose the config, run the pipeline, print a one-screen summary.
 
-    anatomy                                        # default audit: synthetic data, tiny model, trained SAE
+    anatomy                                        # the default study: audit, block markdown, reweighted DPO, eval
     anatomy data=local data.path=pairs.jsonl       # your own preference file
     anatomy experiment=audit_hh_rlhf               # a study from experiments/
     anatomy -m hypothesis.alpha=0.01,0.05          # a sweep (one run folder per job)
     anatomy --cfg job                              # print the composed config and exit
 
-Every run writes hypotheses.csv, hypotheses.md, metrics.json, environment.json and .hydra/ into its own
-folder.
+Every run writes hypotheses.csv, hypotheses.md, verdicts.yaml, metrics.json, environment.json and .hydra/
+into its own folder (a run that trains also selection.json, heldout.csv and model/).
 """
 
 from __future__ import annotations

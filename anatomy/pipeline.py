@@ -3,7 +3,8 @@ significant hypotheses tested again on the held-out pairs (replication) before t
 
 Every config node is instantiated (and so validated) before anything is loaded; the data are
 read and checked, and the hook and SAE width are checked against the model's config, before any
-model is built or trained. Results are written only at the end, each file atomically.
+model is built or trained. Each file is written atomically: the audit's before any training starts,
+metrics.json again at the end.
 
     from anatomy.pipeline import run
     metrics = run(cfg, out_dir)        # cfg: the composed Hydra config
@@ -62,7 +63,9 @@ def build(cfg: DictConfig) -> Stages:
         raise AnatomyError("an intervention needs a trainer: set trainer=dpo (or trainer=reward_model), or intervention=none")
     if acts and not (stages.select.block or stages.select.amplify or stages.select.verdicts):
         raise AnatomyError(f"intervention={cfg.intervention._target_.rsplit('.', 1)[-1]} acts on selected concepts: "
-                           "set select.block=[...], select.amplify=[...] or select.verdicts=FILE")
+                           "set select.block=[...], select.amplify=[...] or select.verdicts=FILE (only data=synthetic "
+                           "sets a default, its planted markdown). On your data, audit first with trainer=none "
+                           "intervention=none eval=none and read hypotheses.md")
     if trains and isinstance(stages.eval, NoEval):
         log.warning("trainer is set but eval=none: the trained model is saved, nothing is measured")
     if trains and isinstance(stages.intervention, FeatureSteering):

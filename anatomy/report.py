@@ -4,7 +4,7 @@
     anatomy-report SWEEP_DIR --metrics eval/shift/markdown eval/heldout_accuracy --over seed
     anatomy-report SWEEP_DIR --against intervention=none   # + each arm against none, seed by seed
 
-Jobs are grouped by their overrides except those named by --over (default: seed); each metric is
+Jobs are grouped by their overrides except those named by --over (default: seed, threads); each metric is
 shown as mean +/- sd over the group. A job that failed (no metrics.json) is listed with its error.
 With `--against KEY=VALUE`, every job is also compared with its baseline job: the one with that
 override and the same other overrides (the same seed; overrides under `KEY.` are ignored, so
@@ -169,7 +169,7 @@ def _versus(values, baselines, reduction: bool) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anatomy-report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--metrics", nargs="*", default=None, help="metrics to summarize (default: eval/* and audit/*)")
+    parser.add_argument("--metrics", nargs="*", default=None, help="metrics to summarize (default: eval/shift/* and eval/heldout_accuracy*, or audit/n_* for audits)")
     parser.add_argument("--over", nargs="*", default=["seed", "threads"],
                         help="overrides to aggregate over (default: seed, threads)")
     parser.add_argument("--against", default=None, metavar="KEY=VALUE",

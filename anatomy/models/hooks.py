@@ -3,7 +3,7 @@
 `blocks.L.hook_resid_pre` is the residual stream entering decoder layer L, `blocks.L.hook_resid_post`
 the stream leaving it; `blocks.L.hook_attn_out` and `blocks.L.hook_mlp_out` are what the layer's
 attention and MLP write into it (so resid_post = resid_pre + attn_out + mlp_out in a pre-norm
-layer). The same named hooks read activations for the audit and (next) edit them
+layer). The same named hooks read activations for the audit and edit them
 during training, because they sit on the Hugging Face modules that TRL trains.
 
     with hooks(model, {"blocks.1.hook_resid_post": lambda act: act * 0}):

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from anatomy.errors import AnatomyError
 from anatomy.outputs import strongest_first
 from conftest import AUDIT, SMALL, hh_rlhf_small, run_study
 
@@ -203,6 +204,12 @@ def test_local_file(default_audit, tmp_path):
     assert "audit/recall" not in metrics  # no ground truth in a user's file
     table = pd.read_csv(out / "hypotheses.csv")
     assert len(table) == metrics["audit/n_tested"]
+    # Training on a user's file needs a decision: the synthetic study's markdown list is not the
+    # default here (it would match these very pairs' markdown features), so it stops before any work
+    with pytest.raises(AnatomyError, match="acts on selected concepts: set select.block") as err:
+        run_study(tmp_path / "train", "data=local", f"data.path={file}", *small_model)
+    assert "audit first with trainer=none intervention=none eval=none" in str(err.value)
+    assert not (tmp_path / "train").exists()
 
 
 def test_a_pretrained_sae_loads_through_the_sae_lens_registry_as_the_trained_one(default_audit, tmp_path, monkeypatch):
