@@ -72,12 +72,12 @@ def fails(tmp_path: Path, cache: Path, *overrides: str, error=AnatomyError) -> s
 
 def test_missing_file(tmp_path, fresh_cache):
     missing = tmp_path / "nowhere" / "pairs.jsonl"
-    msg = fails(tmp_path, fresh_cache, "data=local", f"data.path={missing}")
+    msg = fails(tmp_path, fresh_cache, *AUDIT, "data=local", f"data.path={missing}")
     assert str(missing) in msg and "does not exist" in msg
 
 
 def test_local_without_a_path_names_it(tmp_path, fresh_cache):
-    msg = fails(tmp_path, fresh_cache, "data=local")
+    msg = fails(tmp_path, fresh_cache, *AUDIT, "data=local")
     assert "data.path" in msg and "required" in msg
 
 
@@ -89,28 +89,28 @@ def test_broken_jsonl_names_the_line(tmp_path, fresh_cache):
     lines = [json.dumps(r) for r in GOOD]
     lines[2] = '{"prompt": "p", "chosen": "a", "rejected": '  # line 3, cut short
     path.write_text("\n".join(lines) + "\n")
-    msg = fails(tmp_path, fresh_cache, "data=local", f"data.path={path}")
+    msg = fails(tmp_path, fresh_cache, *AUDIT, "data=local", f"data.path={path}")
     assert str(path) in msg and "line 3 does not parse as JSON" in msg
 
 
 def test_broken_json_array(tmp_path, fresh_cache):
     path = tmp_path / "pairs.json"
     path.write_text(json.dumps(GOOD)[:-5])
-    msg = fails(tmp_path, fresh_cache, "data=local", f"data.path={path}")
+    msg = fails(tmp_path, fresh_cache, *AUDIT, "data=local", f"data.path={path}")
     assert str(path) in msg and "does not parse as JSON" in msg
 
 
 def test_broken_parquet(tmp_path, fresh_cache):
     path = tmp_path / "pairs.parquet"
     path.write_bytes(b"PAR1" + b"\x00garbage, not a parquet footer" * 10 + b"PAR1")
-    msg = fails(tmp_path, fresh_cache, "data=local", f"data.path={path}")
+    msg = fails(tmp_path, fresh_cache, *AUDIT, "data=local", f"data.path={path}")
     assert str(path) in msg and "does not parse as parquet" in msg
 
 
 def test_csv_gz_that_is_not_gzip(tmp_path, fresh_cache):
     path = tmp_path / "pairs.csv.gz"
     path.write_text("prompt,chosen,rejected\np,a,b\n")
-    msg = fails(tmp_path, fresh_cache, "data=local", f"data.path={path}")
+    msg = fails(tmp_path, fresh_cache, *AUDIT, "data=local", f"data.path={path}")
     assert str(path) in msg and "cannot read it" in msg and "gzip" in msg.lower()
 
 
@@ -118,7 +118,7 @@ def test_gzip_that_is_truncated(tmp_path, fresh_cache):
     path = tmp_path / "pairs.jsonl.gz"
     blob = gzip.compress("".join(json.dumps(r) + "\n" for r in GOOD).encode())
     path.write_bytes(blob[: len(blob) // 2])
-    msg = fails(tmp_path, fresh_cache, "data=local", f"data.path={path}")
+    msg = fails(tmp_path, fresh_cache, *AUDIT, "data=local", f"data.path={path}")
     assert str(path) in msg and "cannot read it" in msg
 
 
@@ -128,7 +128,7 @@ def test_gzip_that_is_truncated(tmp_path, fresh_cache):
 def test_missing_column_names_it(tmp_path, fresh_cache):
     rows = [{"prompt": r["prompt"], "answer": r["chosen"], "rejected": r["rejected"]} for r in GOOD]
     path = _jsonl(tmp_path / "pairs.jsonl", rows)
-    msg = fails(tmp_path, fresh_cache, "data=local", f"data.path={path}")
+    msg = fails(tmp_path, fresh_cache, *AUDIT, "data=local", f"data.path={path}")
     assert "missing column(s) ['chosen']" in msg and "'answer'" in msg and "data.chosen_key" in msg
 
 
@@ -151,7 +151,7 @@ BAD_ROWS = GOOD[:2] + [
 
 def test_empty_or_non_string_responses_name_the_rows(tmp_path, fresh_cache):
     path = _jsonl(tmp_path / "pairs.jsonl", BAD_ROWS)
-    msg = fails(tmp_path, fresh_cache, "data=local", f"data.path={path}")
+    msg = fails(tmp_path, fresh_cache, *AUDIT, "data=local", f"data.path={path}")
     assert "3 invalid row(s)" in msg
     assert "row 2: chosen is empty" in msg
     assert "row 3: rejected is not a string (int)" in msg
@@ -185,7 +185,7 @@ def test_identical_pairs_are_dropped_and_counted(tmp_path):
 def test_nothing_usable_left_is_an_error(tmp_path, fresh_cache):
     rows = [{"prompt": f"p{i}", "chosen": "same", "rejected": "same"} for i in range(4)]
     path = _jsonl(tmp_path / "pairs.jsonl", rows)
-    msg = fails(tmp_path, fresh_cache, "data=local", f"data.path={path}")
+    msg = fails(tmp_path, fresh_cache, *AUDIT, "data=local", f"data.path={path}")
     assert "no usable pair left of 4 rows (4 with chosen identical to rejected, 0 invalid)" in msg
 
 
@@ -456,7 +456,7 @@ def test_failing_run_overwrites_nothing(tmp_path):
     before = {name: (first / name).read_bytes() for name in files}
     assert json.loads(before["metrics.json"])["data/rows"] == 400.0
 
-    bad = _cli(tmp_path, "data=local", "data.path=missing.jsonl")
+    bad = _cli(tmp_path, *AUDIT, "data=local", "data.path=missing.jsonl")
     assert bad.returncode == 1
     assert "data.path='missing.jsonl': file does not exist" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr  # bad input: the message, not a stack trace
