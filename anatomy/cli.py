@@ -78,11 +78,43 @@ def main() -> None:
     """The `anatomy` command. A job stopped by SIGTERM exits with status 143 (128 + SIGTERM), as a
     process that SIGTERM ends does, after its cleanup, so a shell or a scheduler sees what stopped it;
     one stopped by Ctrl-C ends as Python's KeyboardInterrupt does (130)."""
+    sys.argv[1:] = sys.argv[1:] + rerun_settings(sys.argv[1:])
     try:
         job()
     except Terminated as err:
         print(f"{type(err).__name__}: {err}", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
+
+
+def rerun_settings(argv: list[str]) -> list[str]:
+    """Re-running a run's record (`--config-path RUN/.hydra --config-name config`): Hydra keeps its own
+    settings out of the saved config.yaml, so the re-run would lose anatomy's (the log's name, the
+    microsecond folders, the `fresh_folder` guard that keeps it out of an earlier run's folder, the
+    `failed_jobs` report). -> those settings of configs/config.yaml as overrides, for the keys that
+    `argv` does not set itself; none when `argv` does not point at a run's record."""
+    folder = None
+    for i, arg in enumerate(argv):
+        for flag in ("--config-path", "-cp", "--config-dir", "-cd"):
+            if arg == flag and i + 1 < len(argv):
+                folder = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                folder = arg.split("=", 1)[1]
+    if folder is None or not (Path(folder) / "hydra.yaml").is_file():
+        return []
+    settings = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").hydra
+
+    def flat(node, prefix: str) -> list[tuple[str, str]]:
+        out = []
+        for key, value in node.items_ex(resolve=False) if isinstance(node, DictConfig) else []:
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                out += flat(child, f"{prefix}.{key}")
+            else:
+                out.append((f"{prefix}.{key}", str(child._value())))
+        return out
+
+    given = {a.lstrip("+~").split("=", 1)[0] for a in argv if "=" in a}
+    return [f"++{key}={value}" for key, value in flat(settings, "hydra") if key not in given]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

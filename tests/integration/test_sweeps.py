@@ -121,6 +121,14 @@ def test_rerun_from_saved_config_reproduces_exactly(tmp_path):
     first_env, again_env = (json.loads((tmp_path / run / "environment.json").read_text()) for run in ("first", "again"))
     assert {k: v for k, v in first_env.items() if k != "command"} == {k: v for k, v in again_env.items() if k != "command"}
     assert "--config-name" in again_env["command"] and "hydra.run.dir=first" in first_env["command"]
+    # anatomy's own Hydra settings come back with the re-run (Hydra keeps them out of config.yaml):
+    # its log's name, and the guard that refuses an earlier run's folder, here the record's own
+    assert (tmp_path / "again" / "anatomy.log").is_file() and not (tmp_path / "again" / "cli.log").exists()
+    record = {p: p.read_bytes() for p in (tmp_path / "first").rglob("*") if p.is_file()}
+    over = anatomy(tmp_path, "--config-path", str(tmp_path / "first" / ".hydra"), "--config-name", "config",
+                   "hydra.run.dir=first", cache=fresh)
+    assert over.returncode == 1 and "hydra.run.dir=first already holds an earlier run" in over.stderr
+    assert {p: p.read_bytes() for p in (tmp_path / "first").rglob("*") if p.is_file()} == record
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
