@@ -141,13 +141,19 @@ class Select:
                 for f in hits:
                     chosen[kind].setdefault(f, []).append(f"select.{kind} '{item}' matches its {where}")
         if self.verdicts:
+            overridden = []  # features select.block / amplify chose that the file decides otherwise
             for feature, verdict in self._verdicts().items():
                 if feature not in tested:
                     raise AnatomyError(f"select.verdicts: feature {feature} was not tested")
                 for kind in ("block", "amplify"):
-                    chosen[kind].pop(feature, None)
+                    if chosen[kind].pop(feature, None) is not None and verdict != kind:
+                        overridden.append(f"{feature} ({kind} -> {verdict})")
                 if verdict != "allow":
                     chosen[verdict][feature] = [f"{self.verdicts}: {verdict}"]
+            if overridden:
+                log.warning("select.verdicts=%s overrides select.block / select.amplify for %d features it names: "
+                            "%s%s. Edit those lines of the file to decide them there", self.verdicts, len(overridden),
+                            ", ".join(overridden[:8]), ", ..." if len(overridden) > 8 else "")
         both = set(chosen["block"]) & set(chosen["amplify"])
         if both:
             raise AnatomyError(f"select: features {sorted(both)} are both blocked and amplified")

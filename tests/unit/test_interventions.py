@@ -178,6 +178,18 @@ def test_verdicts_override_block_and_amplify(tmp_path):
     assert 3 not in sel.reasons
 
 
+def test_verdicts_that_override_a_selection_say_which(tmp_path, caplog):
+    # e.g. select.block=[group:N] with the audit's verdicts.yaml, which names every feature: the file
+    # wins for the features it names, and the run says which of the selection it undid
+    path = tmp_path / "verdicts.yaml"
+    path.write_text("3: allow\n5: block\n8: Block\n")
+    with caplog.at_level("WARNING"):
+        sel = Select(block=["key", "genius"], amplify=["sorry"], verdicts=str(path)).run(table())
+    assert sel.block == [5, 8]
+    assert ("overrides select.block / select.amplify for 2 features it names: 3 (block -> allow), "
+            "8 (amplify -> block)") in caplog.text
+
+
 def test_verdicts_alone_select(tmp_path):
     path = tmp_path / "v.yaml"
     path.write_text("5: block\n")
