@@ -245,9 +245,10 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
     rep = "replicated" in sig.columns
     out.append(f"{'feature':>8} {'favours':>8} {'effect':>7} {'q':>9}" + (f" {'held-out':>8}" if rep else "") + "  top tokens")
     for _, r in sig.head(n_show).iterrows():
-        held = f" {(f'{r.heldout_effect:+.2f}' if replicated(r) else '') + {'yes': '', 'no': '!', '': ''}[replicated(r)]:>8}"
+        mark = replicated(r)  # the held-out effect, with ! where it did not replicate
+        held = f"{r['heldout_effect']:+.2f}{'!' if mark == 'no' else ''}" if mark else ""
         out.append(f"{int(r['feature']):>8} {r['direction']:>8} {r['effect']:>+7.2f} {r['q_value']:>9.1e}"
-                   + (held if rep else "") + f"  {r['top_tokens']}")
+                   + (f" {held:>8}" if rep else "") + f"  {r['top_tokens']}")
     groups = concept_group_rows(sig)
     if groups:
         out.append(f"{'group':>8} {'features':>8} {'favours':>8} {'effect':>7}  shared top tokens (select.block=[group:N])")

@@ -262,9 +262,9 @@ def replicate_hypotheses(stages, model, sae, table, heldout) -> tuple:
     length_diff = (held.chosen_length - held.rejected_length).astype(np.float64)
     replication = stages.hypothesis.replication(table, held.chosen, held.rejected, length_diff)
     table = table.merge(replication, on="feature", how="left")
+    sig = table[table["significant"]]
     n_replicated = int(replication["replicated"].sum())
-    found = table.set_index("feature").loc[replication["feature"], "effect"].to_numpy()
-    same_side = float((np.sign(replication["heldout_effect"].to_numpy()) == np.sign(found)).mean())
+    same_side = float((np.sign(sig["heldout_effect"]) == np.sign(sig["effect"])).mean())
     return table, {"audit/heldout_pairs": float(len(heldout)), "audit/n_replicated": float(n_replicated),
                    "audit/replication_rate": n_replicated / len(replication),
                    "audit/heldout_same_side": same_side, "cache/heldout_features": float(hit)}
