@@ -101,17 +101,11 @@ def rerun_settings(argv: list[str]) -> list[str]:
                 folder = arg.split("=", 1)[1]
     if folder is None or not (Path(folder) / "hydra.yaml").is_file():
         return []
-    settings = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").hydra
+    settings = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").hydra, resolve=False)
 
-    def flat(node, prefix: str) -> list[tuple[str, str]]:
-        out = []
-        for key, value in node.items_ex(resolve=False) if isinstance(node, DictConfig) else []:
-            child = node._get_node(key)
-            if isinstance(child, DictConfig):
-                out += flat(child, f"{prefix}.{key}")
-            else:
-                out.append((f"{prefix}.{key}", str(child._value())))
-        return out
+    def flat(node: dict, prefix: str):  # {"job": {"name": "anatomy"}} -> ("hydra.job.name", "anatomy")
+        for key, value in node.items():
+            yield from flat(value, f"{prefix}.{key}") if isinstance(value, dict) else [(f"{prefix}.{key}", value)]
 
     given = {a.lstrip("+~").split("=", 1)[0] for a in argv if "=" in a}
     return [f"++{key}={value}" for key, value in flat(settings, "hydra") if key not in given]

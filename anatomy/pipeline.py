@@ -171,11 +171,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     with timer("hypotheses"):
         table, hit = test_hypotheses(stages.hypothesis, feats, features_key)
     metrics["cache/hypotheses"] = float(hit)
-    if stages.hypothesis.replicate and len(data.heldout) >= 2 and table["significant"].any():
+    if stages.hypothesis.replicate and table["significant"].any() and len(data.heldout) >= 2:
         with timer("replication"):
             table, replication = replicate_hypotheses(stages, model, sae, table, data.heldout)
         metrics.update(replication)
-    elif stages.hypothesis.replicate and table["significant"].any():
+    elif stages.hypothesis.replicate and table["significant"].any():  # nothing held out to test them on
         log.warning("hypothesis.replicate: fewer than 2 held-out pairs (data.heldout_fraction=0?): the "
                     "hypotheses are not tested again on pairs they were not found on")
     with timer("evidence"):

@@ -41,7 +41,7 @@ class PretrainedSAE:
         cfg = self._cfg()
         if cfg.get("d_in") is None:
             raise AnatomyError(f"{self._where()}: its config has no d_in; cannot check it against the model")
-        check_sae(spec, self._hook(cfg), int(cfg["d_in"]), self._where())
+        check_sae(spec, config_hook(cfg, self.hook, f"{self._where()}: its config"), int(cfg["d_in"]), self._where())
 
     def _where(self) -> str:
         return f"sae.release={self.release!r} sae.sae_id={self.sae_id!r}"
@@ -55,9 +55,6 @@ class PretrainedSAE:
         except Exception as err:  # unknown release or repository, no network and nothing cached
             raise AnatomyError(f"{self._where()}: cannot read its config ({type(err).__name__}: {err}); check "
                                "the release and id, and that the hub is reachable or the SAE is cached") from err
-
-    def _hook(self, cfg: dict) -> str:
-        return config_hook(cfg, self.hook, f"{self._where()}: its config")
 
     def load(self, model: LoadedModel, texts, model_key: str) -> tuple[LoadedSAE, bool]:
         from sae_lens import SAE
