@@ -138,7 +138,7 @@ def render_markdown(table: pd.DataFrame, details: dict, metrics: dict, header: d
     if "audit/n_replicated" in metrics:
         lines += [f"**{int(metrics['audit/n_replicated'])} of {len(sig)} replicated** on the "
                   f"{int(metrics['audit/heldout_pairs'])} held-out pairs, which they were not found on: the same "
-                  f"test and correction over the {len(sig)}, q <= {header['alpha']} with the effect on the same side "
+                  f"test, one-sided in the direction found, and correction over the {len(sig)}, q <= {header['alpha']} "
                   f"(`hypothesis.replicate`; the held-out columns of hypotheses.csv). "
                   f"{metrics['audit/heldout_same_side']:.0%} have their held-out effect on the same side: with few "
                   "held-out pairs a weak hypothesis can be real and still lack the power to replicate.", ""]

@@ -11,12 +11,16 @@ features (the Wilcoxon ranks loop over chunks of features to bound memory).
     D = paired_difference(chosen, rejected)   # csc_array, float64
     n_pos, n_neg, p = sign_test(D)
     w_plus, z, p = wilcoxon(D)
+    w_plus, z, p = wilcoxon(D, side)           # one-sided: side +1 chosen higher, -1 rejected
     b, c, p = presence_test(chosen, rejected)
     eff = effect_sizes(D)                      # mean_diff, std_diff, std_effect, auroc
     effect, t, p = length_adjusted(D, length_diff)
     freq = frequency(chosen, rejected)
 
-Every statistic is a float64 array of length n_features.
+Every statistic is a float64 array of length n_features.  The tests are
+two-sided; `sign_test`, `wilcoxon` and `length_adjusted` also take `side`, one
+direction per feature (+1: chosen higher, -1: rejected higher), for the
+one-sided p in that direction (scipy's alternative="greater" / "less").
 """
 
 from __future__ import annotations
@@ -82,6 +86,25 @@ def _binom_two_sided(k1: np.ndarray, k2: np.ndarray) -> np.ndarray:
     return p
 
 
+def _binom_one_sided(k_side: np.ndarray, k_other: np.ndarray) -> np.ndarray:
+    """Exact one-sided binomial test at p = 0.5: P(X >= k_side), X ~ Bin(k_side + k_other, 0.5)."""
+    n = k_side + k_other
+    p = np.ones_like(n, dtype=np.float64)
+    some = n > 0
+    p[some] = stats.binom.sf(k_side[some] - 1, n[some], 0.5)
+    return p
+
+
+def _side(side, n_features: int):
+    """`side` as a float array of +1 / -1 per feature (None stays None: two-sided)."""
+    if side is None:
+        return None
+    side = np.broadcast_to(np.asarray(side, dtype=np.float64), (n_features,))
+    if not np.all(np.abs(side) == 1):
+        raise ValueError("side must be +1 (chosen higher) or -1 (rejected higher) for every feature")
+    return side
+
+
 def _centered_ss(D, mean: np.ndarray) -> np.ndarray:
     """Per column sum of (d - mean)^2 over all n rows: stored entries plus the implicit zeros."""
     n = D.shape[0]
@@ -97,28 +120,35 @@ def paired_difference(chosen, rejected):
     return _csc(c.astype(np.float64) - r.astype(np.float64))
 
 
-def sign_test(D):
-    """Exact two-sided sign test on the nonzero differences of each column.
+def sign_test(D, side=None):
+    """Exact sign test on the nonzero differences of each column: two-sided, or with `side`
+    (+1 / -1 per column) one-sided in that direction.
 
     Returns (n_pos, n_neg, p); p = 1 where a column has no nonzero difference.
     """
     D = _csc(D)
     n_pos = _colsum(D.indptr, D.data > 0)
     n_neg = _colsum(D.indptr, D.data < 0)
-    return n_pos, n_neg, _binom_two_sided(n_pos, n_neg)
+    side = _side(side, D.shape[1])
+    if side is None:
+        return n_pos, n_neg, _binom_two_sided(n_pos, n_neg)
+    up = side > 0
+    return n_pos, n_neg, _binom_one_sided(np.where(up, n_pos, n_neg), np.where(up, n_neg, n_pos))
 
 
-def wilcoxon(D):
+def wilcoxon(D, side=None):
     """Wilcoxon signed-rank test of each column, zeros dropped ("wilcox").
 
     Normal approximation with tie correction and no continuity correction, as
     ``scipy.stats.wilcoxon(d, zero_method="wilcox", correction=False,
     method="approx")``.  Returns (w_plus, z, p): the rank sum of the positive
-    differences, z > 0 when chosen tends to be higher, and the two-sided p
+    differences, z > 0 when chosen tends to be higher, and the two-sided p, or
+    with `side` (+1 / -1 per column) the one-sided p in that direction
     (p = 1, z = 0 where a column has no nonzero difference).
     """
     D = _csc(D)
     n_features = D.shape[1]
+    side = _side(side, n_features)
     w_plus, count, ties = np.zeros(n_features), np.zeros(n_features), np.zeros(n_features)
     indptr = D.indptr
     lo = 0
@@ -155,7 +185,7 @@ def wilcoxon(D):
     z = np.zeros(n_features)
     some = count > 0  # var > 0 whenever count > 0, even if every |d| is tied
     z[some] = (w_plus[some] - mean[some]) / np.sqrt(var[some])
-    p = np.minimum(1.0, 2.0 * stats.norm.sf(np.abs(z)))
+    p = np.minimum(1.0, 2.0 * stats.norm.sf(np.abs(z))) if side is None else stats.norm.sf(side * z)
     p[~some] = 1.0
     return w_plus, z, p
 
@@ -205,10 +235,11 @@ def effect_sizes(D) -> dict:
     return {"mean_diff": mean, "std_diff": sd, "std_effect": d_z, "auroc": auroc}
 
 
-def _length_ols(D, length_diff) -> dict:
+def _length_ols(D, length_diff, side=None) -> dict:
     """Per column OLS of D_f on [1, length_diff] from sparse sums (see `length_adjusted`)."""
     D = _csc(D)
     n = D.shape[0]
+    side = _side(side, D.shape[1])
     x = np.asarray(length_diff, dtype=np.float64)
     if x.shape != (n,):
         raise ValueError(f"length_diff must have shape ({n},) (one per pair), got {x.shape}")
@@ -234,20 +265,22 @@ def _length_ols(D, length_diff) -> dict:
     sigma = np.sqrt(rss / (n - 2))
     se = sigma * np.sqrt(1.0 / n + x_mean**2 / sxx)
     t = np.divide(intercept, se, out=np.zeros_like(se), where=se > 0)
-    p = np.where(se > 0, 2.0 * stats.t.sf(np.abs(t), n - 2), 1.0)
+    p = 2.0 * stats.t.sf(np.abs(t), n - 2) if side is None else stats.t.sf(side * t, n - 2)
+    p = np.where(se > 0, p, 1.0)
     return {"intercept": intercept, "slope": slope, "sigma": sigma, "t": t, "p": p}
 
 
-def length_adjusted(D, length_diff):
+def length_adjusted(D, length_diff, side=None):
     """Mean difference of each feature with the length difference regressed out.
 
     Per feature, OLS of D_f on [1, length_diff]; returns (effect, t, p) where
     effect is the intercept (the expected difference at equal lengths) and t, p
-    its two-sided Student t test with n - 2 df.  A feature fitted exactly (no
+    its Student t test with n - 2 df: two-sided, or with `side` (+1 / -1 per
+    column) one-sided in that direction.  A feature fitted exactly (no
     residual variation) gets t = 0, p = 1, like d_z = 0 for a zero sd.
     Raises ValueError if length_diff has zero variance.
     """
-    fit = _length_ols(D, length_diff)
+    fit = _length_ols(D, length_diff, side)
     return fit["intercept"], fit["t"], fit["p"]
 
 

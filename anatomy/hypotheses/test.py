@@ -11,8 +11,9 @@ to the pooled SAE activations of a preference dataset:
 `chosen` and `rejected` are sparse (n_pairs, n_features), row i holding the two
 responses of pair i.  All features are tested at once (see `stats`); the
 multiple-testing family is the features that pass `min_frequency`.  `replication`
-tests the significant hypotheses again on other pairs (the held-out split), so
-what the audit found is checked on pairs it was not found on.
+tests the significant hypotheses again on other pairs (the held-out split),
+one-sided in the direction found, so what the audit found is checked on pairs it
+was not found on.
 """
 
 from __future__ import annotations
@@ -114,17 +115,18 @@ class HypothesisTest:
         order = np.lexsort((table["feature"].to_numpy(), table["p_value"].to_numpy()))
         return table.iloc[order].reset_index(drop=True)
 
-    def _paired(self, D, length_diff) -> dict:
+    def _paired(self, D, length_diff, side=None) -> dict:
         """Per column of the paired differences D: `effect` (d_z, or with control_length the
-        length-adjusted one), `p_value` (the primary test's), and the statistics behind them."""
-        n_pos, n_neg, p_sign = stats.sign_test(D)
-        _, _, p_wilcoxon = stats.wilcoxon(D)
+        length-adjusted one), `p_value` (the primary test's: two-sided, or with `side`, +1 / -1 per
+        column, one-sided in that direction), and the statistics behind them."""
+        n_pos, n_neg, p_sign = stats.sign_test(D, side)
+        _, _, p_wilcoxon = stats.wilcoxon(D, side)
         eff = stats.effect_sizes(D)
         effect = eff["std_effect"]
         p_value = p_wilcoxon if self.test == "wilcoxon" else p_sign
         extra = {}
         if self.control_length:
-            fit = stats._length_ols(D, length_diff)
+            fit = stats._length_ols(D, length_diff, side)
             extra = {"effect_unadjusted": effect, "p_unadjusted": p_value}
             sigma = fit["sigma"]
             effect = np.divide(fit["intercept"], sigma, out=np.zeros_like(sigma), where=sigma > 0)
@@ -135,10 +137,11 @@ class HypothesisTest:
     def replication(self, table: pd.DataFrame, chosen, rejected, length_diff=None) -> pd.DataFrame:
         """The significant hypotheses of `table`, tested again on other pairs (`chosen` / `rejected`:
         the held-out split's pooled activations, the same features): the same test and effect there,
-        the same correction over the significant hypotheses (the replication family), and
-        `replicated`: q <= alpha there with the effect on the same side. min_effect is the discovery's
-        screen and is not asked again. -> one row per significant hypothesis: feature, heldout_effect,
-        heldout_p, heldout_q, replicated."""
+        one-sided in the direction the discovery found (fixed before these pairs were seen, so a
+        reversal scores p near 1), the same correction over the significant hypotheses (the
+        replication family), and `replicated`: q <= alpha there with the effect on the same side.
+        min_effect is the discovery's screen and is not asked again. -> one row per significant
+        hypothesis: feature, heldout_effect, heldout_p, heldout_q, replicated."""
         features = table.loc[table["significant"], "feature"].to_numpy(dtype=np.int64)
         columns = ["feature", "heldout_effect", "heldout_p", "heldout_q", "replicated"]
         if len(features) == 0:
@@ -147,11 +150,11 @@ class HypothesisTest:
             raise ValueError(f"replication needs at least 2 pairs; got {chosen.shape[0]}")
         if self.control_length and length_diff is None:
             raise ValueError("control_length is on but no length_diff was given")
+        found = table.set_index("feature").loc[features, "effect"].to_numpy()
         D = stats.paired_difference(chosen[:, features], rejected[:, features])
-        t = self._paired(D, length_diff)
+        t = self._paired(D, length_diff, side=np.where(found > 0, 1.0, -1.0))
         effect, p_value = t["effect"], t["p_value"]
         q_value = adjust(p_value, self.correction)
-        found = table.set_index("feature").loc[features, "effect"].to_numpy()
         return pd.DataFrame({"feature": features, "heldout_effect": effect, "heldout_p": p_value,
                              "heldout_q": q_value,
                              "replicated": (q_value <= self.alpha) & (np.sign(effect) == np.sign(found))})

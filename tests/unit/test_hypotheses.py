@@ -54,6 +54,38 @@ def test_sign_and_wilcoxon_match_scipy(pair):
         assert np.sign(z[j]) == np.sign(w_plus[j] - nz.size * (nz.size + 1) / 4)
 
 
+def test_one_sided_tests_match_scipy(pair):
+    """With `side` (+1 / -1 per feature) the tests are one-sided in that direction, as scipy's
+    alternative="greater" / "less"; a side that is not +1 or -1 is an error."""
+    chosen, rejected, d = pair
+    D = stats.paired_difference(chosen, rejected)
+    side = np.where(np.arange(d.shape[1]) % 2 == 0, 1.0, -1.0)
+    rng = np.random.default_rng(4)
+    length = rng.integers(-50, 80, size=len(d)).astype(float)
+    _, _, p_sign = stats.sign_test(D, side)
+    _, _, p_w = stats.wilcoxon(D, side)
+    _, t, p_len = stats.length_adjusted(D, length, side)
+    checked = 0
+    for j in range(d.shape[1]):
+        alternative = "greater" if side[j] > 0 else "less"
+        nz = d[:, j][d[:, j] != 0]
+        if nz.size == 0:
+            assert p_sign[j] == 1 and p_w[j] == 1 and p_len[j] == 1
+            continue
+        ref = sps.binomtest(int((nz > 0).sum()), nz.size, 0.5, alternative=alternative).pvalue
+        assert p_sign[j] == pytest.approx(ref, rel=1e-10, abs=1e-12)
+        res = sps.wilcoxon(nz, zero_method="wilcox", correction=False, method="approx", alternative=alternative)
+        assert p_w[j] == pytest.approx(res.pvalue, abs=1e-8)
+        ols = sps.linregress(length, d[:, j])  # the intercept's t test, one-sided
+        t_ref = ols.intercept / ols.intercept_stderr
+        assert t[j] == pytest.approx(t_ref, rel=1e-6)
+        assert p_len[j] == pytest.approx(sps.t.sf(side[j] * t_ref, len(d) - 2), rel=1e-6, abs=1e-12)
+        checked += 1
+    assert checked >= 4
+    with pytest.raises(ValueError, match="side must be"):
+        stats.wilcoxon(D, np.zeros(d.shape[1]))
+
+
 def test_wilcoxon_chunking_is_invisible(pair, monkeypatch):
     chosen, rejected, _ = pair
     D = stats.paired_difference(chosen, rejected)
@@ -224,14 +256,19 @@ def test_replication_tests_the_significant_hypotheses_again_on_other_pairs():
     assert set(again.index) == {3, 8}  # only the significant ones
     assert again["replicated"].all()
     assert again.loc[3, "heldout_effect"] > 0 > again.loc[8, "heldout_effect"]
-    # the held-out numbers are the same test's on the other pairs, corrected over the significant family
+    # the held-out numbers are the same test's on the other pairs, one-sided in the direction found
+    # (half the two-sided p, as the held-out effect is on that side), corrected over the significant family
     other = test.run(*_planted(200, 20)).set_index("feature")
-    assert again.loc[3, "heldout_p"] == pytest.approx(other.loc[3, "p_value"])
+    assert again.loc[3, "heldout_p"] == pytest.approx(other.loc[3, "p_value"] / 2)
+    assert again.loc[8, "heldout_p"] == pytest.approx(other.loc[8, "p_value"] / 2)
     assert again["heldout_q"].tolist() == pytest.approx(adjust(again["heldout_p"].to_numpy(), "bh").tolist())
 
-    # on pairs where feature 8 favours the other side it is not replicated, however small its p
-    flipped = test.replication(table, *_planted(200, 20, flip_8=True)).set_index("feature")
-    assert flipped.loc[8, "heldout_q"] < 1e-6 and not flipped.loc[8, "replicated"] and flipped.loc[3, "replicated"]
+    # on pairs where feature 8 favours the other side it is not replicated: its one-sided p is near 1,
+    # although the two-sided test there is highly significant
+    held = _planted(200, 20, flip_8=True)
+    flipped = test.replication(table, *held).set_index("feature")
+    assert test.run(*held).set_index("feature").loc[8, "p_value"] < 1e-6
+    assert flipped.loc[8, "heldout_p"] > 0.99 and not flipped.loc[8, "replicated"] and flipped.loc[3, "replicated"]
 
     # on pairs with nothing planted, nothing replicates
     null = test.replication(table, _activations(200, 30, 0.2, 30), _activations(200, 30, 0.2, 31))
