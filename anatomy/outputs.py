@@ -66,7 +66,8 @@ def write_verdicts(out_dir: Path, table: pd.DataFrame, header: dict, decided: di
     rows.update({f: table.loc[table["feature"] == f].iloc[0].to_dict() for f in decided if f not in rows})
     lines = [
         f"# select.verdicts for this audit: {len(sig)} significant hypotheses, strongest first (evidence: hypotheses.md).",
-        "# Set each to allow, block or amplify, then run the same config with select.verdicts=<this file>;",
+        "# Set each to allow, block or amplify, then train: the same config with a trainer, intervention and eval",
+        "# (say trainer=dpo intervention=data_reweighting eval=default) and select.verdicts=<this file>;",
         "# the file overrides select.block / select.amplify for the features it names.",
         "# Feature ids are those of this SAE; another (another seed, model or machine) numbers its features otherwise:",
         f"#   {header['sae']} at {header['hook']}",
@@ -222,6 +223,45 @@ def concept_group_rows(sig: pd.DataFrame) -> list[dict]:
     return out
 
 
+def intervention_lines(metrics: dict) -> list[str]:
+    """The summary's lines on what a run that trained selected, what its intervention did and what it
+    trained on (none for an audit)."""
+    if not any(k.startswith("train/") for k in metrics):
+        return []
+    out = [""]
+    if "select/n_block" in metrics:
+        plan = [f"{int(metrics['select/n_block'])} blocked and {int(metrics['select/n_amplify'])} amplified features "
+                "(selection.json)"]
+        if metrics.get("intervention/n_pairs"):
+            plan.append(f"{int(metrics['intervention/n_dropped'])} of {int(metrics['intervention/n_pairs'])} pairs "
+                        f"dropped, effective sample size {metrics['intervention/effective_sample_size']:.0f}")
+        plan += [f"{k.rsplit('/', 1)[-1]} edited ({v:.0%} of its energy)" for k, v in metrics.items()
+                 if k.startswith("intervention/edit_energy/")]
+        out.append("intervention: " + "; ".join(plan))
+    too_long = int(metrics.get("train/pairs_too_long", 0))
+    out.append(f"trained {int(metrics['train/steps'])} steps on {int(metrics['train/pairs'])} pairs"
+               + (f" ({too_long} too long for trainer.max_length, left out)" if too_long else ""))
+    return out
+
+
+def accuracy_lines(metrics: dict, shifts: bool) -> list[str]:
+    """The summary's held-out accuracy line for a run that evaluated (none for an audit)."""
+    if not any(k.startswith("eval/") for k in metrics):
+        return []
+    out = [] if shifts else ["", "no learned shifts: no probe pairs (eval.probes=FILE, README: Measure)"]
+    if "eval/heldout_accuracy" in metrics:
+        acc = f"held-out accuracy {metrics['eval/heldout_accuracy']:.3f} (before training {metrics['eval/heldout_accuracy_before']:.3f}"
+        if "eval/baseline/heldout_accuracy" in metrics:
+            acc += f"; without intervention {metrics['eval/baseline/heldout_accuracy']:.3f}"
+        if "eval/heldout_accuracy_change" in metrics:
+            acc += (f", change {metrics['eval/heldout_accuracy_change']:+.3f} ± "
+                    f"{metrics['eval/heldout_accuracy_change_se']:.3f} paired s.e.")
+        out.append(acc + ")")
+    else:
+        out.append("held-out accuracy: no held-out pairs (data.heldout_fraction)")
+    return out
+
+
 def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
     """A one-screen summary for the terminal."""
     table = pd.read_csv(table_path)
@@ -255,6 +295,7 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
         for g in groups[:5]:
             favours = "mixed" if "," in g["favours"] else g["favours"]  # (the counts per side: hypotheses.md)
             out.append(f"{g['group']:>8} {len(g['features']):>8} {favours:>8} {g['effect']:>+7.2f}  {'|'.join(g['tokens'])}")
+    out += intervention_lines(metrics)
     shifts = sorted(k.rsplit("/", 1)[-1] for k in metrics if k.startswith("eval/shift/"))
     if shifts:
         has_base = any(k.startswith("eval/baseline/") for k in metrics)
@@ -284,21 +325,13 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
                 kept = "n/a" if after is None or math.isnan(after) else f"{after:.2f}"  # none of those pairs kept
                 row += f" {f'{before:.2f}->{kept}':>11}"
             out.append(row)
-        if "eval/heldout_accuracy" in metrics:
-            acc = f"held-out accuracy {metrics['eval/heldout_accuracy']:.3f} (before training {metrics['eval/heldout_accuracy_before']:.3f}"
-            if "eval/baseline/heldout_accuracy" in metrics:
-                acc += f"; without intervention {metrics['eval/baseline/heldout_accuracy']:.3f}"
-            if "eval/heldout_accuracy_change" in metrics:
-                acc += (f", change {metrics['eval/heldout_accuracy_change']:+.3f} ± "
-                        f"{metrics['eval/heldout_accuracy_change_se']:.3f} paired s.e.")
-            out.append(acc + ")")
-        else:
-            out.append("held-out accuracy: no held-out pairs (data.heldout_fraction)")
+    out += accuracy_lines(metrics, bool(shifts))
     if not any(k.startswith(("train/", "eval/")) for k in metrics) and sig.empty:
         out += ["", "nothing to decide: no hypothesis is significant"]
     elif not any(k.startswith(("train/", "eval/")) for k in metrics):  # an audit only: what to do next
-        out += ["", f"to decide: set block / amplify in {table_path.parent / 'verdicts.yaml'}, then train with the",
-                "same config and select.verdicts=<that file> (README, Decide)"
+        out += ["", f"to decide: set block / amplify in {table_path.parent / 'verdicts.yaml'}, then train: the same",
+                "config with a trainer, intervention and eval (say trainer=dpo intervention=data_reweighting eval=default)",
+                "and select.verdicts=<that file> (README, Decide)"
                 + ("; or block a whole group: select.block=[group:N]" if groups else "")]
     timing = ", ".join(f"{k[7:-2]} {v:.0f}s" for k, v in metrics.items() if k.startswith("timing/"))
     out += [f"time: {timing}", f"results: {table_path.parent}", "=" * 78]

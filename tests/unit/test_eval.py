@@ -170,6 +170,34 @@ def test_the_summary_shows_each_concept_learned_and_how_the_intervention_balance
     assert "group" not in audit  # an audit without concept groups (evidence.group_corr=null) names none
 
 
+def test_the_summary_of_a_run_without_probes_still_says_what_it_trained_and_its_accuracy(tmp_path):
+    """On a user's data (no probe pairs) a trained run's summary still gives the selection, what the
+    intervention did, what it trained on, and held-out accuracy against no intervention."""
+    from anatomy.outputs import summary
+
+    path = tmp_path / "hypotheses.csv"
+    pd.DataFrame({"feature": [3], "direction": ["rejected"], "effect": [-0.3], "q_value": [1e-9],
+                  "significant": [True], "top_tokens": ["legal|hurt"]}).to_csv(path, index=False)
+    metrics = {"audit/n_pairs": 800.0, "audit/n_tested": 5.0, "audit/n_significant": 1.0,
+               "select/n_block": 1.0, "select/n_amplify": 0.0, "intervention/n_pairs": 800.0,
+               "intervention/n_dropped": 12.0, "intervention/effective_sample_size": 745.5,
+               "train/steps": 20.0, "train/pairs": 541.0, "train/pairs_too_long": 259.0,
+               "eval/heldout_accuracy": 0.61, "eval/heldout_accuracy_before": 0.5,
+               "eval/baseline/heldout_accuracy": 0.6, "eval/heldout_accuracy_change": 0.01,
+               "eval/heldout_accuracy_change_se": 0.026}
+    lines = summary(metrics, path).splitlines()
+    assert ("intervention: 1 blocked and 0 amplified features (selection.json); 12 of 800 pairs dropped, "
+            "effective sample size 746") in lines
+    assert "trained 20 steps on 541 pairs (259 too long for trainer.max_length, left out)" in lines
+    assert "no learned shifts: no probe pairs (eval.probes=FILE, README: Measure)" in lines
+    assert ("held-out accuracy 0.610 (before training 0.500; without intervention 0.600, change +0.010 ± 0.026 "
+            "paired s.e.)") in lines
+    ablated = {k: v for k, v in metrics.items() if not k.startswith(("intervention/", "train/pairs_too"))}
+    text = summary(ablated | {"intervention/edit_energy/blocks.2.hook_resid_post": 0.57}, path)
+    assert "intervention: 1 blocked and 0 amplified features (selection.json); blocks.2.hook_resid_post edited " \
+           "(57% of its energy)" in text and "trained 20 steps on 541 pairs" + "\n" in text
+
+
 def test_the_summary_lists_the_strongest_concept_groups(tmp_path):
     from anatomy.outputs import summary
 
