@@ -1,11 +1,13 @@
 """Gather a sweep: every job's overrides and metrics into one CSV, a grouped summary and a figure.
 
     anatomy-report multirun/2026-11-21/12-00-00-000000   # writes report.csv, report.md, report.png, report.html
+                                                         # (report.png: the learned shifts, if the jobs measured any)
     anatomy-report SWEEP_DIR --metrics eval/shift/markdown eval/heldout_accuracy --over seed
     anatomy-report SWEEP_DIR --against intervention=none   # + each arm against none, seed by seed
 
 Jobs are grouped by their overrides except those named by --over (default: seed, threads); each metric is
-shown as mean +/- sd over the group. A job that failed (no metrics.json) is listed with its error.
+shown as mean +/- sd over the group. A job that failed (its error.txt, or no metrics.json) is left out of
+the means and of the baselines and listed with the first line of its error.
 With `--against KEY=VALUE`, every job is also compared with its baseline job: the one with that
 override and the same other overrides (the same seed; overrides under `KEY.` are ignored, so
 `intervention.threshold` does not keep a filtering job from its `intervention=none` job). A learned
@@ -49,7 +51,14 @@ def gather(sweep_dir: Path) -> pd.DataFrame:
             env = json.loads((job / "environment.json").read_text())
             row.update({f"env/{key}": _flat(env.get(key)) for key in ENVIRONMENT})
             row.update({f"env/packages/{name}": _flat(v) for name, v in (env.get("packages") or {}).items()})
-        row["status"] = "ok" if "eval/heldout_accuracy" in row or "audit/n_tested" in row else "failed"
+        # a job that failed after its audit has a metrics.json too: its error.txt says it failed
+        error = job / "error.txt"
+        if error.exists():
+            row["status"], row["error"] = "failed", (error.read_text().splitlines() or [""])[0][:200]
+        elif "eval/heldout_accuracy" in row or "audit/n_tested" in row:
+            row["status"] = "ok"
+        else:
+            row["status"], row["error"] = "failed", "no metrics.json"
         rows.append(row)
     if not rows:
         raise SystemExit(f"anatomy-report: no job folders (with .hydra/) under {sweep_dir}")
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(table, metrics, args.over)
     table.to_csv(args.sweep_dir / "report.csv", index=False)
     text = summary.to_markdown(index=False) if _has_tabulate() else summary.to_string(index=False)
-    failed = table[table["status"] == "failed"]["job"].tolist()
+    failed = [f"{row['job']} ({row['error']})" for _, row in table[table["status"] == "failed"].iterrows()]
     mixed = mixed_environments(table)
     if mixed:
         mixed = ["the jobs ran on different machines, software or code; numbers can differ for that alone "
@@ -196,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     for line in mixed:
         print(line)
-    print(f"\n{len(table)} jobs ({len(failed)} failed); wrote report.csv, report.md, report.png, report.html "
+    wrote = "report.csv, report.md, " + ("report.png, " if figure else "") + "report.html"
+    print(f"\n{len(table)} jobs ({len(failed)} failed); wrote {wrote} "
           f"in {args.sweep_dir}")
 
 

@@ -49,7 +49,25 @@ def test_against_baseline_pairs_each_job_with_its_seed(sweep):
     assert "0.92 (0.75, 1.00, 1.00)" in summary
     # filtering is compared with none at seed 0 although it has intervention.threshold and none has not
     assert "100% (100%)" in summary and "0.50 (0.50)" in summary
-    assert "failed jobs: failed" in summary
+    assert "failed jobs: failed (no metrics.json)" in summary
+
+
+def test_a_job_that_failed_after_its_audit_is_neither_averaged_nor_a_baseline(sweep):
+    """The pipeline writes metrics.json (audit/*) before training; a job that then failed has its
+    error.txt, and the report counts it as failed, not as a finished job with fewer metrics."""
+    job(sweep, "late", ["intervention=none", "seed=7"], {"audit/n_tested": 400.0, "eval/shift/markdown": 9.0})
+    (sweep / "late" / "error.txt").write_text("RuntimeError: training diverged\n\nTraceback ...\n")
+    job(sweep, "late_ablation", ["intervention=feature_ablation", "seed=7"],
+        {"eval/shift/markdown": 1.0, "eval/heldout_accuracy": 0.8})
+    report([str(sweep), "--metrics", "eval/shift/markdown", "--against", "intervention=none"])
+    table = pd.read_csv(sweep / "report.csv").set_index("job")
+    assert table.loc["late", "status"] == "failed" and table.loc["late", "error"] == "RuntimeError: training diverged"
+    assert pd.isna(table.loc["late_ablation", "baseline/eval/shift/markdown"])  # no finished none job at seed 7
+    summary = (sweep / "report.md").read_text()
+    assert "late (RuntimeError: training diverged)" in summary and "failed (no metrics.json)" in summary
+    # the none row: the three finished none jobs (n 3, mean shift 7 / 3), not the failed one's 9
+    none = [line.replace("|", " ").split() for line in summary.splitlines() if "none" in line.replace("|", " ").split()]
+    assert len(none) == 1 and "+2.333" in none[0] and none[0][none[0].index("+2.333") - 1] == "3", none
 
 
 def heldout(folder, correct, prompts=None):
