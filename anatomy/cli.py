@@ -7,7 +7,7 @@
     anatomy --cfg job                              # print the composed config and exit
 
 Every run writes hypotheses.csv, hypotheses.md, verdicts.yaml, metrics.json, environment.json and .hydra/
-into its own folder (a run that trains also selection.json, heldout.csv and model/).
+into its own folder (a run that trains also selection.json and model/, and one that evaluates heldout.csv).
 """
 
 from __future__ import annotations
