@@ -41,6 +41,12 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, details: dict, metrics: di
     write_metrics(out_dir, metrics)
 
 
+def again(metrics: dict) -> str:
+    """Which pairs the hypotheses were tested again on: the validation pairs, when the data source set
+    some apart, else the held-out ones."""
+    return "validation" if metrics.get("audit/replication_on_validation") else "held-out"
+
+
 def replicated(row) -> str:
     """'yes' / 'no' where the hypothesis was tested again on the held-out pairs, '' where it was not."""
     value = row.get("replicated")
@@ -138,11 +144,11 @@ def render_markdown(table: pd.DataFrame, details: dict, metrics: dict, header: d
     ]
     if "audit/n_replicated" in metrics:
         lines += [f"**{int(metrics['audit/n_replicated'])} of {len(sig)} replicated** on the "
-                  f"{int(metrics['audit/heldout_pairs'])} held-out pairs, which they were not found on: the same "
+                  f"{int(metrics['audit/heldout_pairs'])} {again(metrics)} pairs, which they were not found on: the same "
                   f"test, one-sided in the direction found, and correction over the {len(sig)}, q <= {header['alpha']} "
                   f"(`hypothesis.replicate`; the held-out columns of hypotheses.csv). "
                   f"{metrics['audit/heldout_same_side']:.0%} have their held-out effect on the same side: with few "
-                  "held-out pairs a weak hypothesis can be real and still lack the power to replicate.", ""]
+                  f"{again(metrics)} pairs a weak hypothesis can be real and still lack the power to replicate.", ""]
     if "audit/recall" in metrics:
         lines += [f"Against the planted concepts: recall {metrics['audit/recall']:.2f}, "
                   f"precision {metrics['audit/precision']:.2f}.", ""]
@@ -156,7 +162,7 @@ def render_markdown(table: pd.DataFrame, details: dict, metrics: dict, header: d
             "",
             f"effect {row['effect']:+.3f}, AUROC {row['auroc']:.3f}, q {row['q_value']:.2e}, "
             f"active in {row['frequency']:.1%} of responses" + (
-                f"; on the held-out pairs effect {row['heldout_effect']:+.3f}, q {row['heldout_q']:.2e}: "
+                f"; on the {again(metrics)} pairs effect {row['heldout_effect']:+.3f}, q {row['heldout_q']:.2e}: "
                 f"{'replicated' if replicated(row) == 'yes' else '**not replicated**'}" if replicated(row) else ""),
             "",
             f"- top tokens: `{row['top_tokens']}`",
@@ -259,6 +265,9 @@ def accuracy_lines(metrics: dict, shifts: bool) -> list[str]:
         out.append(acc + ")")
     else:
         out.append("held-out accuracy: no held-out pairs (data.heldout_fraction)")
+    if "eval/validation_accuracy" in metrics:
+        out.append(f"validation accuracy {metrics['eval/validation_accuracy']:.3f} on {int(metrics['data/validation'])} "
+                   "pairs set apart from the held-out ones (choose settings by it, report held-out)")
     return out
 
 
@@ -274,7 +283,7 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
         + (f" in {int(metrics['audit/n_groups'])} concept groups" if "audit/n_groups" in metrics else ""),
     ]
     if "audit/n_replicated" in metrics:
-        out.append(f"replicated on {int(metrics['audit/heldout_pairs'])} held-out pairs (not the ones they were found on): "
+        out.append(f"replicated on {int(metrics['audit/heldout_pairs'])} {again(metrics)} pairs (not the ones they were found on): "
                    f"{int(metrics['audit/n_replicated'])} of {int(metrics['audit/n_significant'])} "
                    "(held-out: the effect there, ! where not replicated)")
     if "audit/recall" in metrics:

@@ -1,5 +1,6 @@
 """The loop, stage by stage: data -> model -> SAE -> features -> hypotheses -> evidence, the
-significant hypotheses tested again on the held-out pairs (replication) before the evidence.
+significant hypotheses tested again on the held-out pairs, or on the validation pairs when the data
+source sets some apart (replication), before the evidence.
 
 Every config node is instantiated (and so validated) before anything is loaded; the data are
 read and checked, and the hook and SAE width are checked against the model's config, before any
@@ -143,6 +144,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         data = stages.data.load()
     metrics.update(data.report)
     metrics.update({"data/train": float(len(data.train)), "data/heldout": float(len(data.heldout))})
+    if data.validation:
+        metrics["data/validation"] = float(len(data.validation))
     probes = stages.eval.probe_set(data) if hasattr(stages.eval, "probe_set") else []
     if not data.heldout and not isinstance(stages.eval, NoEval):
         log.warning("data: no held-out pairs (data.heldout_fraction=0?): eval measures the learned shifts only, "
@@ -171,10 +174,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     with timer("hypotheses"):
         table, hit = test_hypotheses(stages.hypothesis, feats, features_key)
     metrics["cache/hypotheses"] = float(hit)
-    if stages.hypothesis.replicate and table["significant"].any() and len(data.heldout) >= 2:
+    again = data.validation or data.heldout  # validation pairs, when set apart: the held-out ones stay untouched
+    if stages.hypothesis.replicate and table["significant"].any() and len(again) >= 2:
         with timer("replication"):
-            table, replication = replicate_hypotheses(stages, model, sae, table, data.heldout)
+            table, replication = replicate_hypotheses(stages, model, sae, table, again)
         metrics.update(replication)
+        metrics["audit/replication_on_validation"] = float(bool(data.validation))
     elif stages.hypothesis.replicate and table["significant"].any():  # nothing held out to test them on
         log.warning("hypothesis.replicate: fewer than 2 held-out pairs (data.heldout_fraction=0?): the "
                     "hypotheses are not tested again on pairs they were not found on")
@@ -254,8 +259,9 @@ def test_hypotheses(hypothesis, feats, features_key: str):
 
 
 def replicate_hypotheses(stages, model, sae, table, heldout) -> tuple:
-    """The significant hypotheses (at least one) tested again on the held-out pairs (`HypothesisTest.replication`),
-    featurized through the same model and SAE (cached): their columns joined to the table.
+    """The significant hypotheses (at least one) tested again on pairs held out from the audit (the
+    validation pairs, or else the held-out ones; `HypothesisTest.replication`), featurized through the
+    same model and SAE (cached): their columns joined to the table.
     -> (table, audit/heldout_pairs, audit/n_replicated, audit/replication_rate, audit/heldout_same_side:
     the share whose held-out effect is at least on the same side, significant or not)"""
     held, hit, _ = stages.featurize.cached(model, sae, heldout)
@@ -294,7 +300,7 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
     metrics.update(plan.report)
     metrics.update(planted_balance(data.train, plan.weights))  # synthetic data: the plan against the truth
     if not isinstance(stages.eval, NoEval):  # what eval.max_length will cut, said before training
-        metrics.update(stages.eval.count_cut(model.tokenizer, data.heldout, probes))
+        metrics.update(stages.eval.count_cut(model.tokenizer, data.heldout + data.validation, probes))
     with timer("train"):
         trained = stages.trainer.train(model, data.train, plan)
     metrics.update(trained.report)
@@ -304,6 +310,7 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
         return metrics
     with timer("eval"):
         measured, margins = stages.eval.run(trained, data.heldout, probes, table)
+        measured.update(stages.eval.accuracy(trained, data.validation, "validation")[0])  # to choose settings by
     metrics.update(measured)
     base_margins = None
     if stages.eval.compare_baseline and not isinstance(stages.intervention, NoIntervention):

@@ -178,7 +178,7 @@ def _versus(values, baselines, reduction: bool) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anatomy-report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--metrics", nargs="*", default=None, help="metrics to summarize (default: eval/shift/* and eval/heldout_accuracy*, or audit/n_* for audits)")
+    parser.add_argument("--metrics", nargs="*", default=None, help="metrics to summarize (default: eval/shift/*, eval/heldout_accuracy* and eval/validation_accuracy*, or audit/n_* for audits)")
     parser.add_argument("--over", nargs="*", default=["seed", "threads"],
                         help="overrides to aggregate over (default: seed, threads)")
     parser.add_argument("--against", default=None, metavar="KEY=VALUE",
@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
                              "(e.g. intervention=none): shift reductions and metric ratios")
     args = parser.parse_args(argv)
     table = gather(args.sweep_dir)
-    metrics = args.metrics or [c for c in table.columns if c.startswith(("eval/shift/", "eval/heldout_accuracy"))
+    metrics = args.metrics or [c for c in table.columns if c.startswith(("eval/shift/", "eval/heldout_accuracy",
+                                                                          "eval/validation_accuracy"))
                                and "baseline" not in c and CHANGE not in c] or [c for c in table.columns if c.startswith("audit/n_")]
     if args.against:
         table = against_baseline(table, args.against, [m for m in metrics if m in table.columns], args.sweep_dir)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from anatomy.data.files import read_rows
 from anatomy.data.local import finish
-from anatomy.data.schema import PreferenceData, validate_rows
+from anatomy.data.schema import PreferenceData, check_validation_fraction, validate_rows
 from anatomy.errors import AnatomyError
 
 MARKER = "\n\nAssistant:"
@@ -37,12 +37,14 @@ class HHRLHFData:
     split: str = "test"  # hub split
     max_pairs: int | None = 1000  # keep at most this many pairs (a seeded sample); None = all
     heldout_fraction: float = 0.2  # fraction of pairs held out, split by prompt
+    validation_fraction: float = 0.0  # of all pairs, the part of the held-out ones set apart for validation; 0 = none
     drop_invalid: bool = True  # drop and count rows with an empty final response (4 in harmless test)
     seed: int = 0  # seeds the sample and the split
 
     def __post_init__(self):
         if not 0 <= self.heldout_fraction < 1:
             raise AnatomyError(f"data.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        check_validation_fraction(self.validation_fraction, self.heldout_fraction)
 
     def _rows(self) -> tuple[list[dict], str]:
         if self.path:
@@ -72,4 +74,4 @@ class HHRLHFData:
             rows.append({"prompt": c[0], "chosen": c[1], "rejected": r[1]})
         pairs, report = validate_rows(rows, source, drop_invalid=self.drop_invalid)
         report["data/prompt_mismatch"] = float(mismatched)
-        return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed)
+        return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)

@@ -11,7 +11,8 @@ import random
 from dataclasses import dataclass
 
 from anatomy.data.files import FORMATS, read_rows
-from anatomy.data.schema import PreferenceData, split_by_prompt, validate_rows
+from anatomy.data.schema import (PreferenceData, check_validation_fraction, set_aside_validation, split_by_prompt,
+                                 validate_rows)
 from anatomy.errors import AnatomyError
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class LocalData:
     rejected_key: str = "rejected"  # dispreferred response column
     max_pairs: int | None = None  # keep at most this many pairs (a seeded sample); None = all
     heldout_fraction: float = 0.2  # fraction of pairs held out, split by prompt
+    validation_fraction: float = 0.0  # of all pairs, the part of the held-out ones set apart for validation; 0 = none
     drop_invalid: bool = False  # drop and count empty / non-string rows instead of failing
     seed: int = 0  # seeds the sample and the split
 
@@ -36,6 +38,7 @@ class LocalData:
             raise AnatomyError(f"data.format must be one of {FORMATS}, got {self.format!r}")
         if not 0 <= self.heldout_fraction < 1:
             raise AnatomyError(f"data.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        check_validation_fraction(self.validation_fraction, self.heldout_fraction)
         if self.max_pairs is not None and self.max_pairs < 2:
             raise AnatomyError(f"data.max_pairs must be >= 2 or null, got {self.max_pairs}")
 
@@ -48,13 +51,15 @@ class LocalData:
             log.warning("%s: no %r column; treating every prompt as empty", self.path, prompt_key)
             prompt_key = None
         pairs, report = validate_rows(rows, self.path, prompt_key, self.chosen_key, self.rejected_key, self.drop_invalid)
-        return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed)
+        return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)
 
 
-def finish(pairs, report, max_pairs, heldout_fraction, seed) -> PreferenceData:
-    """Seeded subsample, then the split by prompt."""
+def finish(pairs, report, max_pairs, heldout_fraction, seed, validation_fraction=0.0) -> PreferenceData:
+    """Seeded subsample, then the split by prompt (and the held-out split's validation part)."""
     if max_pairs is not None and len(pairs) > max_pairs:
         pairs = random.Random(seed).sample(pairs, max_pairs)
     train, heldout = split_by_prompt(pairs, heldout_fraction, seed)
-    report = {**report, "data/pairs": float(len(pairs)), "data/train": float(len(train)), "data/heldout": float(len(heldout))}
-    return PreferenceData(train, heldout, report=report)
+    data = set_aside_validation(PreferenceData(train, heldout), validation_fraction)
+    data.report.update({**report, "data/pairs": float(len(pairs)), "data/train": float(len(data.train)),
+                        "data/heldout": float(len(data.heldout))})
+    return data

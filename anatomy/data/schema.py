@@ -1,4 +1,5 @@
-"""Preference pairs, their validation, and the train / held-out split by prompt.
+"""Preference pairs, their validation, the train / held-out split by prompt, and the held-out split's
+validation part (`set_aside_validation`).
 
 Every data source yields raw rows (dicts); `validate_rows` turns them into `PreferencePair`s or
 raises an `AnatomyError` that names the file, the row and the problem, before any model exists.
@@ -7,7 +8,7 @@ raises an `AnatomyError` that names the file, the row and the problem, before an
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -66,11 +67,12 @@ class PreferenceData:
     probes: list[Probe] = field(default_factory=list)
     report: dict[str, float] = field(default_factory=dict)  # rows read / dropped, for metrics.json
     background: list[tuple[str, str]] = field(default_factory=list)  # (prompt, response) texts with no preference
+    validation: list[PreferencePair] = field(default_factory=list)  # set apart from held-out (`set_aside_validation`)
 
     def texts(self) -> list[tuple[str, str]]:
-        """Every (prompt, response) of both splits, then the background texts: what a model or SAE is
+        """Every (prompt, response) of every split, then the background texts: what a model or SAE is
         fitted to (unsupervised: no preference label is seen)."""
-        pairs = self.train + self.heldout
+        pairs = self.train + self.heldout + self.validation
         return [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs] + self.background
 
 
@@ -171,3 +173,29 @@ def split_by_prompt(
             f"at heldout_fraction={heldout_fraction}"
         )
     return train, heldout
+
+
+def check_validation_fraction(validation_fraction: float, heldout_fraction: float) -> None:
+    """A data source's `validation_fraction`: a part of the held-out split, so smaller than it."""
+    if validation_fraction != 0 and not 0 < validation_fraction < heldout_fraction:
+        raise AnatomyError(
+            f"data.validation_fraction must be 0 or in (0, data.heldout_fraction={heldout_fraction}): the validation "
+            f"pairs are set apart from the held-out ones; got {validation_fraction}")
+
+
+def set_aside_validation(data: PreferenceData, fraction: float) -> PreferenceData:
+    """The held-out split in two: its last prompts, at least `fraction` of all pairs, become the
+    validation pairs (where the audit's hypotheses are replicated and settings are chosen), and the
+    rest stay held out for the final numbers, which then no decision has looked at. Whole prompts
+    move, so no prompt is on both sides. The training pairs stay as they are, and so do the texts a
+    model or SAE is fitted to (held-out + validation is the held-out split, in order). 0: unchanged."""
+    if fraction <= 0:
+        return data
+    held, n_all = data.heldout, len(data.train) + len(data.heldout)
+    starts = [i for i in range(len(held)) if i == 0 or not held[i].prompt or held[i].prompt != held[i - 1].prompt]
+    cut = next((i for i in reversed(starts) if len(held) - i >= fraction * n_all), 0)
+    if cut == 0:
+        raise AnatomyError(
+            f"cannot set apart validation pairs: data.validation_fraction={fraction} of {n_all} pairs would take all "
+            f"{len(held)} held-out pairs ({len(starts)} prompts); lower it or raise data.heldout_fraction")
+    return replace(data, heldout=held[:cut], validation=held[cut:])

@@ -27,7 +27,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from anatomy.data.schema import Concept, PreferenceData, PreferencePair, Probe, split_by_prompt
+from anatomy.data.schema import (Concept, PreferenceData, PreferencePair, Probe, check_validation_fraction,
+                                 set_aside_validation, split_by_prompt)
 from anatomy.errors import AnatomyError
 
 CATEGORIES = {
@@ -112,6 +113,7 @@ class SyntheticData:
 
     n_pairs: int = 1000  # number of preference pairs (train + held-out)
     heldout_fraction: float = 0.2  # fraction of pairs held out, split by prompt
+    validation_fraction: float = 0.0  # of all pairs, the part of the held-out ones set apart for validation; 0 = none
     harmful_fraction: float = 0.2  # fraction of prompts that are harmful requests (chosen refuses)
     style_fraction: float = 0.3  # fraction of the other pairs where both answers are right: only style differs
     rates: dict[str, list[float]] = field(  # spurious concept -> [rate in chosen, rate in rejected]
@@ -140,6 +142,7 @@ class SyntheticData:
                             ("style_fraction", self.style_fraction)]:
             if not 0 <= value < 1:
                 raise AnatomyError(f"data.{name} must be in [0, 1), got {value}")
+        check_validation_fraction(self.validation_fraction, self.heldout_fraction)
         self.rates = {k: list(v) for k, v in dict(self.rates).items()}
         for name, rate in self.rates.items():
             if name not in SPURIOUS_PHRASES:
@@ -250,4 +253,5 @@ class SyntheticData:
         probes = self.probes(random.Random(self.seed + 1_000_003))
         concepts = [] if self.coin_flip else self.concepts()
         background = self.background(random.Random(self.seed + 2_000_003))
-        return PreferenceData(train, heldout, concepts, probes, {"data/rows": float(len(pairs))}, background)
+        data = PreferenceData(train, heldout, concepts, probes, {"data/rows": float(len(pairs))}, background)
+        return set_aside_validation(data, self.validation_fraction)

@@ -183,36 +183,43 @@ class Evaluate:
         metrics, heldout_margins = self.measure(trained, heldout, probes, prefix)
         return {**metrics, **self.compare(metrics, table, prefix)}, heldout_margins
 
+    def _margins(self, trained, model, a, b) -> np.ndarray:
+        """`model`'s score of each text of `a` less that of `b` (log-probs for DPO, rewards for a reward model)."""
+        return (score(model, trained.tokenizer, a, trained.kind, self.max_length, self.batch_size)
+                - score(model, trained.tokenizer, b, trained.kind, self.max_length, self.batch_size))
+
+    def accuracy(self, trained, pairs: list[PreferencePair], split: str = "heldout",
+                 prefix: str = "eval") -> tuple[dict[str, float], np.ndarray]:
+        """Preference accuracy on `pairs`, after and before training, as `<prefix>/<split>_accuracy`
+        and so on (`split`: heldout, or validation). -> (metrics, each pair's margin; none without pairs)"""
+        if not pairs:
+            return {}, np.zeros(0)
+        metrics: dict[str, float] = {}
+        chosen = [(p.prompt, p.chosen) for p in pairs]
+        rejected = [(p.prompt, p.rejected) for p in pairs]
+        after, before = self._margins(trained, trained.policy, chosen, rejected), self._margins(
+            trained, trained.reference, chosen, rejected)
+        reward = after - before if trained.kind == "dpo" else after
+        for concept, same in _same_concept(pairs).items():
+            metrics[f"{prefix}/{split}_accuracy_same/{concept}"] = _accuracy(reward[same])
+            metrics[f"{prefix}/{split}_n_same/{concept}"] = float(same.sum())
+        if trained.kind == "dpo":
+            metrics[f"{prefix}/{split}_accuracy"] = _accuracy(reward)
+            metrics[f"{prefix}/{split}_accuracy_before"] = _accuracy(np.zeros_like(reward))
+            metrics[f"{prefix}/{split}_logprob_accuracy"] = _accuracy(after)
+            metrics[f"{prefix}/{split}_logprob_accuracy_before"] = _accuracy(before)
+        else:
+            metrics[f"{prefix}/{split}_accuracy"] = _accuracy(after)
+            metrics[f"{prefix}/{split}_accuracy_before"] = _accuracy(before)
+        return metrics, reward
+
     def measure(self, trained, heldout: list[PreferencePair], probes: list[Probe],
                 prefix: str = "eval") -> tuple[dict[str, float], np.ndarray]:
         """What the trained model learned: held-out accuracy and per-concept shifts (needs no audit).
         -> (metrics, each held-out pair's margin: the implicit reward's chosen - rejected for DPO, the
         reward's for a reward model; > 0 is a pair the model gets right)"""
         kind, tok = trained.kind, trained.tokenizer
-
-        def margins(model, a, b):
-            return (score(model, tok, a, kind, self.max_length, self.batch_size)
-                    - score(model, tok, b, kind, self.max_length, self.batch_size))
-
-        metrics: dict[str, float] = {}
-        reward = np.zeros(0)
-        if heldout:
-            chosen = [(p.prompt, p.chosen) for p in heldout]
-            rejected = [(p.prompt, p.rejected) for p in heldout]
-            after, before = margins(trained.policy, chosen, rejected), margins(trained.reference, chosen, rejected)
-            reward = after - before if kind == "dpo" else after
-            for concept, same in _same_concept(heldout).items():
-                metrics[f"{prefix}/heldout_accuracy_same/{concept}"] = _accuracy(reward[same])
-                metrics[f"{prefix}/heldout_n_same/{concept}"] = float(same.sum())
-            if kind == "dpo":
-                implicit = after - before
-                metrics[f"{prefix}/heldout_accuracy"] = _accuracy(implicit)
-                metrics[f"{prefix}/heldout_accuracy_before"] = _accuracy(np.zeros_like(implicit))
-                metrics[f"{prefix}/heldout_logprob_accuracy"] = _accuracy(after)
-                metrics[f"{prefix}/heldout_logprob_accuracy_before"] = _accuracy(before)
-            else:
-                metrics[f"{prefix}/heldout_accuracy"] = _accuracy(after)
-                metrics[f"{prefix}/heldout_accuracy_before"] = _accuracy(before)
+        metrics, reward = self.accuracy(trained, heldout, "heldout", prefix)
         if not probes:
             return metrics, reward
         pos = [(p.prompt, p.positive) for p in probes]
@@ -222,7 +229,8 @@ class Evaluate:
                       for m in (trained.policy, trained.reference) for texts in (pos, neg)]
             measures = dpo_shifts(*scored, eos_token_id=tok.eos_token_id)
         else:
-            measures = {"shift": margins(trained.policy, pos, neg) - margins(trained.reference, pos, neg)}
+            measures = {"shift": self._margins(trained, trained.policy, pos, neg)
+                        - self._margins(trained, trained.reference, pos, neg)}
         for name, values in measures.items():
             by_concept: dict[str, list[float]] = defaultdict(list)
             for probe, d in zip(probes, values):

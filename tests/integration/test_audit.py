@@ -107,6 +107,25 @@ def test_the_significant_hypotheses_are_tested_again_on_the_heldout_pairs(defaul
     assert "audit/n_replicated" not in none and "fewer than 2 held-out pairs" in caplog.text
 
 
+def test_validation_pairs_take_the_replication_and_leave_the_heldout_ones_untouched(default_audit, tmp_path):
+    """With data.validation_fraction, the hypotheses are tested again on the validation pairs (set apart
+    from the held-out ones), so no decision reads the held-out pairs that give the final numbers; the
+    model, SAE and audit are those of the run without (the same texts and training pairs), and a
+    trained run reports its validation accuracy, to choose settings by, next to the held-out one."""
+    metrics, _ = default_audit
+    split, out = run_study(tmp_path / "split", *SMALL, "data.validation_fraction=0.1", "trainer.max_steps=2",
+                           "intervention=none", "eval.compare_baseline=false")
+    assert split["cache/model"] == split["cache/sae"] == split["cache/features"] == split["cache/hypotheses"] == 1.0
+    assert split["audit/n_significant"] == metrics["audit/n_significant"]  # the same audit
+    assert split["data/heldout"] + split["data/validation"] == metrics["data/heldout"]
+    assert split["audit/replication_on_validation"] == 1.0 and metrics["audit/replication_on_validation"] == 0.0
+    assert split["audit/heldout_pairs"] == split["data/validation"] >= 40
+    assert f"on the {int(split['data/validation'])} validation pairs" in (out / "hypotheses.md").read_text()
+    assert 0 <= split["eval/validation_accuracy"] <= 1 and split["eval/validation_accuracy_before"] == 0.5
+    assert "eval/validation_accuracy_same/markdown" in split and "eval/heldout_accuracy" in split
+    assert len(pd.read_csv(out / "heldout.csv")) == split["data/heldout"]  # the final numbers' pairs only
+
+
 def test_null_calibration(default_audit):
     """Coin-flip preferences: BH at q = 0.05 declares at most one feature significant, on each seed."""
     import torch

@@ -17,7 +17,7 @@ import pytest
 from anatomy.data.files import read_rows
 from anatomy.data.hh_rlhf import MARKER, HHRLHFData, split_dialogue
 from anatomy.data.local import LocalData
-from anatomy.data.schema import PreferencePair, split_by_prompt, validate_rows
+from anatomy.data.schema import PreferenceData, PreferencePair, set_aside_validation, split_by_prompt, validate_rows
 from anatomy.data.synthetic import CATEGORIES, QUESTIONS, SPURIOUS_PHRASES, SyntheticData
 from anatomy.errors import AnatomyError
 
@@ -251,6 +251,44 @@ def test_split_by_prompt_zero_fraction_and_impossible_split():
     same = [PreferencePair("only", f"g{i}", f"b{i}") for i in range(10)]
     with pytest.raises(AnatomyError, match=r"cannot split 10 pairs \(1 distinct prompts\)"):
         split_by_prompt(same, 0.2, seed=0)
+
+
+def test_validation_pairs_are_set_apart_from_the_heldout_ones_by_prompt():
+    """The held-out split's last prompts become the validation pairs: at least the fraction of all
+    pairs, whole prompts, the training pairs and the texts models are fitted to unchanged."""
+    pairs = _grouped_pairs()
+    train, heldout = split_by_prompt(pairs, 0.4, seed=0)
+    data = PreferenceData(train, heldout, background=[("q", "a")])
+    split = set_aside_validation(data, 0.15)
+    assert split.train == train and split.heldout + split.validation == heldout
+    assert split.texts() == data.texts()  # the model and SAE see the same texts, in the same order
+    target = 0.15 * len(pairs)
+    assert target <= len(split.validation) < target + 3  # (groups of at most 3 pairs)
+    assert not {p.prompt for p in split.validation} & {p.prompt for p in split.heldout + split.train}
+    assert set_aside_validation(data, 0.0) is data
+    with pytest.raises(AnatomyError, match="would take all .* held-out pairs"):
+        set_aside_validation(data, len(heldout) / len(pairs))  # every held-out pair: nothing left for the final numbers
+    loose = [PreferencePair("", f"good {i}", f"bad {i}") for i in range(20)]  # each row its own prompt
+    split = set_aside_validation(PreferenceData(*split_by_prompt(loose, 0.5, seed=0)), 0.2)
+    assert (len(split.train), len(split.heldout), len(split.validation)) == (10, 6, 4)
+
+
+@pytest.mark.parametrize("source", ["synthetic", "local"])
+def test_data_sources_set_apart_validation_pairs(source, tmp_path):
+    if source == "synthetic":
+        make = lambda **kw: SyntheticData(n_pairs=200, seed=2, **kw)  # noqa: E731
+    else:
+        rows = [{"prompt": f"p{i // 2}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(200)]
+        path = _write(tmp_path / "pairs.jsonl", rows, "jsonl", False)
+        make = lambda **kw: LocalData(path=str(path), seed=2, **kw)  # noqa: E731
+    plain, split = make().load(), make(validation_fraction=0.1).load()
+    assert split.train == plain.train and split.heldout + split.validation == plain.heldout
+    assert 20 <= len(split.validation) <= 22 and split.texts() == plain.texts()
+    if source == "local":
+        assert split.report["data/heldout"] == len(split.heldout) < plain.report["data/heldout"]
+    for bad in (0.2, 0.5, -0.1):  # a part of the held-out split (0.2 of the pairs), so less than it
+        with pytest.raises(AnatomyError, match=r"data.validation_fraction must be 0 or in \(0, data.heldout_fraction=0.2\)"):
+            make(validation_fraction=bad)
 
 
 # -- LocalData -----------------------------------------------------------------------------------
