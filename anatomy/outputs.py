@@ -266,8 +266,11 @@ def accuracy_lines(metrics: dict, shifts: bool) -> list[str]:
     else:
         out.append("held-out accuracy: no held-out pairs (data.heldout_fraction)")
     if "eval/validation_accuracy" in metrics:
-        out.append(f"validation accuracy {metrics['eval/validation_accuracy']:.3f} on {int(metrics['data/validation'])} "
-                   "pairs set apart from the held-out ones (choose settings by it, report held-out)")
+        base = metrics.get("eval/baseline/validation_accuracy")
+        out.append(f"validation accuracy {metrics['eval/validation_accuracy']:.3f}"
+                   + ("" if base is None else f" (without intervention {base:.3f})")
+                   + f" on {int(metrics['data/validation'])} pairs set apart from the held-out ones (choose settings "
+                   "by it, report held-out)")
     return out
 
 
@@ -285,19 +288,21 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
     if "audit/n_replicated" in metrics:
         out.append(f"replicated on {int(metrics['audit/heldout_pairs'])} {again(metrics)} pairs (not the ones they were found on): "
                    f"{int(metrics['audit/n_replicated'])} of {int(metrics['audit/n_significant'])} "
-                   "(held-out: the effect there, ! where not replicated)")
+                   f"({again(metrics)}: the effect there, ! where not replicated)")
     if "audit/recall" in metrics:
         found = [k.split("/")[-1] for k, v in metrics.items() if k.startswith("audit/found/") and v]
         out.append(f"planted concepts: recall {metrics['audit/recall']:.2f}, precision "
                    f"{metrics['audit/precision'] if metrics['audit/precision'] is not None else float('nan'):.2f}; "
                    f"found {', '.join(found)}")
     rep = "replicated" in sig.columns
-    out.append(f"{'feature':>8} {'favours':>8} {'effect':>7} {'q':>9}" + (f" {'held-out':>8}" if rep else "") + "  top tokens")
+    width = len(again(metrics))  # the replication column: the effect on the held-out (or validation) pairs
+    out.append(f"{'feature':>8} {'favours':>8} {'effect':>7} {'q':>9}" + (f" {again(metrics):>{width}}" if rep else "")
+               + "  top tokens")
     for _, r in sig.head(n_show).iterrows():
         mark = replicated(r)  # the held-out effect, with ! where it did not replicate
         held = f"{r['heldout_effect']:+.2f}{'!' if mark == 'no' else ''}" if mark else ""
         out.append(f"{int(r['feature']):>8} {r['direction']:>8} {r['effect']:>+7.2f} {r['q_value']:>9.1e}"
-                   + (f" {held:>8}" if rep else "") + f"  {r['top_tokens']}")
+                   + (f" {held:>{width}}" if rep else "") + f"  {r['top_tokens']}")
     groups = concept_group_rows(sig)
     if groups:
         out.append(f"{'group':>8} {'features':>8} {'favours':>8} {'effect':>7}  shared top tokens (select.block=[group:N])")

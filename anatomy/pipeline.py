@@ -339,10 +339,12 @@ def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], boo
     def build(folder: Path) -> None:
         baseline = stages.trainer.train(model, data.train, Plan())
         measured, margins = stages.eval.measure(baseline, data.heldout, probes, prefix="eval/baseline")
+        measured.update(stages.eval.accuracy(baseline, data.validation, "validation", prefix="eval/baseline")[0])
         (folder / "metrics.json").write_text(json.dumps(measured, indent=1, sort_keys=True))
         np.save(folder / "heldout_margins.npy", margins)
 
-    texts = hashlib.sha256(repr((data.train, data.heldout, probes)).encode()).hexdigest()
+    texts = hashlib.sha256(repr((data.train, data.heldout, probes) + ((data.validation,) if data.validation else ())
+                                ).encode()).hexdigest()
     key = {"trainer": asdict(stages.trainer), "model": model.key, "data": texts, "eval": asdict(stages.eval),
            "code": stage_code(type(stages.trainer).__module__, type(stages.eval).__module__)}
     folder, hit = cached_dir("baseline", key, build)

@@ -113,8 +113,8 @@ def test_validation_pairs_take_the_replication_and_leave_the_heldout_ones_untouc
     model, SAE and audit are those of the run without (the same texts and training pairs), and a
     trained run reports its validation accuracy, to choose settings by, next to the held-out one."""
     metrics, _ = default_audit
-    split, out = run_study(tmp_path / "split", *SMALL, "data.validation_fraction=0.1", "trainer.max_steps=2",
-                           "intervention=none", "eval.compare_baseline=false")
+    # the default study, 2 DPO steps; its baseline alongside is measured on the validation pairs too
+    split, out = run_study(tmp_path / "split", *SMALL, "data.validation_fraction=0.1", "trainer.max_steps=2")
     assert split["cache/model"] == split["cache/sae"] == split["cache/features"] == split["cache/hypotheses"] == 1.0
     assert split["audit/n_significant"] == metrics["audit/n_significant"]  # the same audit
     assert split["data/heldout"] + split["data/validation"] == metrics["data/heldout"]
@@ -122,6 +122,7 @@ def test_validation_pairs_take_the_replication_and_leave_the_heldout_ones_untouc
     assert split["audit/heldout_pairs"] == split["data/validation"] >= 40
     assert f"on the {int(split['data/validation'])} validation pairs" in (out / "hypotheses.md").read_text()
     assert 0 <= split["eval/validation_accuracy"] <= 1 and split["eval/validation_accuracy_before"] == 0.5
+    assert 0 <= split["eval/baseline/validation_accuracy"] <= 1
     assert "eval/validation_accuracy_same/markdown" in split and "eval/heldout_accuracy" in split
     assert len(pd.read_csv(out / "heldout.csv")) == split["data/heldout"]  # the final numbers' pairs only
 
