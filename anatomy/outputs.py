@@ -295,14 +295,13 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
                    f"{metrics['audit/precision'] if metrics['audit/precision'] is not None else float('nan'):.2f}; "
                    f"found {', '.join(found)}")
     rep = "replicated" in sig.columns
-    width = len(again(metrics))  # the replication column: the effect on the held-out (or validation) pairs
-    out.append(f"{'feature':>8} {'favours':>8} {'effect':>7} {'q':>9}" + (f" {again(metrics):>{width}}" if rep else "")
-               + "  top tokens")
+    where = again(metrics)  # the replication column: the effect on the held-out (or validation) pairs
+    out.append(f"{'feature':>8} {'favours':>8} {'effect':>7} {'q':>9}" + (f" {where}" if rep else "") + "  top tokens")
     for _, r in sig.head(n_show).iterrows():
         mark = replicated(r)  # the held-out effect, with ! where it did not replicate
         held = f"{r['heldout_effect']:+.2f}{'!' if mark == 'no' else ''}" if mark else ""
         out.append(f"{int(r['feature']):>8} {r['direction']:>8} {r['effect']:>+7.2f} {r['q_value']:>9.1e}"
-                   + (f" {held:>{width}}" if rep else "") + f"  {r['top_tokens']}")
+                   + (f" {held:>{len(where)}}" if rep else "") + f"  {r['top_tokens']}")
     groups = concept_group_rows(sig)
     if groups:
         out.append(f"{'group':>8} {'features':>8} {'favours':>8} {'effect':>7}  shared top tokens (select.block=[group:N])")

@@ -174,10 +174,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     with timer("hypotheses"):
         table, hit = test_hypotheses(stages.hypothesis, feats, features_key)
     metrics["cache/hypotheses"] = float(hit)
-    again = data.validation or data.heldout  # validation pairs, when set apart: the held-out ones stay untouched
-    if stages.hypothesis.replicate and table["significant"].any() and len(again) >= 2:
+    unseen = data.validation or data.heldout  # validation pairs, when set apart: the held-out ones stay untouched
+    if stages.hypothesis.replicate and table["significant"].any() and len(unseen) >= 2:
         with timer("replication"):
-            table, replication = replicate_hypotheses(stages, model, sae, table, again)
+            table, replication = replicate_hypotheses(stages, model, sae, table, unseen)
         metrics.update(replication)
         metrics["audit/replication_on_validation"] = float(bool(data.validation))
     elif stages.hypothesis.replicate and table["significant"].any():  # nothing held out to test them on
