@@ -150,6 +150,11 @@ def _describe(value: object) -> str:
     return f"not a string ({type(value).__name__})"
 
 
+def prompt_group(pair: PreferencePair, i: int) -> str:
+    """What keeps pairs together in a split: their prompt; a pair without one (row `i`) is its own group."""
+    return pair.prompt if pair.prompt else f"\0row{i}"
+
+
 def split_by_prompt(
     pairs: list[PreferencePair], heldout_fraction: float, seed: int
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -159,7 +164,7 @@ def split_by_prompt(
     """
     groups: dict[str, list[PreferencePair]] = {}
     for i, p in enumerate(pairs):
-        groups.setdefault(p.prompt if p.prompt else f"\0row{i}", []).append(p)
+        groups.setdefault(prompt_group(p, i), []).append(p)
     names = sorted(groups)
     random.Random(seed).shuffle(names)
     target = heldout_fraction * len(pairs)
@@ -192,7 +197,8 @@ def set_aside_validation(data: PreferenceData, fraction: float) -> PreferenceDat
     if fraction <= 0:
         return data
     held, n_all = data.heldout, len(data.train) + len(data.heldout)
-    starts = [i for i in range(len(held)) if i == 0 or not held[i].prompt or held[i].prompt != held[i - 1].prompt]
+    keys = [prompt_group(p, i) for i, p in enumerate(held)]  # (split_by_prompt keeps each group contiguous)
+    starts = [i for i in range(len(held)) if i == 0 or keys[i] != keys[i - 1]]
     cut = next((i for i in reversed(starts) if len(held) - i >= fraction * n_all), 0)
     if cut == 0:
         raise AnatomyError(
