@@ -7,7 +7,8 @@
     anatomy --cfg job                              # print the composed config and exit
 
 Every run writes hypotheses.csv, hypotheses.md, verdicts.yaml, metrics.json, environment.json and .hydra/
-into its own folder (a run that trains also selection.json and model/, and one that evaluates heldout.csv).
+into its own folder (a run that trains also selection.json and model/, and one that evaluates
+heldout.csv, and validation.csv with validation pairs).
 """
 
 from __future__ import annotations

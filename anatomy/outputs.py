@@ -1,6 +1,7 @@
 """What a run leaves in its folder: hypotheses.csv, hypotheses.md, verdicts.yaml, metrics.json,
-heldout.csv (a trained and evaluated run), environment.json, error.txt when it fails (Hydra adds
-.hydra/; the pipeline writes selection.json and the trained model/).
+heldout.csv (a trained and evaluated run; validation.csv too, with validation pairs),
+environment.json, error.txt when it fails (Hydra adds .hydra/; the pipeline writes selection.json
+and the trained model/).
 
 Each file is written to a temporary name and renamed, so a failing run never leaves a torn file.
 """
@@ -90,18 +91,18 @@ def write_verdicts(out_dir: Path, table: pd.DataFrame, header: dict, decided: di
     atomic_write(out_dir / "verdicts.yaml", "\n".join(lines) + "\n")
 
 
-def write_heldout(out_dir: Path, heldout: list, margins, baseline=None) -> None:
-    """heldout.csv: each held-out pair, its margin under the trained model (> 0: it prefers chosen)
-    and whether it is right (1, 0, 0.5 for a tie); with the baseline, the same without intervention,
-    so the pairs the intervention changed can be read."""
-    if not heldout:
+def write_margins(out_dir: Path, split: str, pairs: list, margins, baseline=None) -> None:
+    """<split>.csv (heldout.csv, validation.csv): each pair, its margin under the trained model (> 0:
+    it prefers chosen) and whether it is right (1, 0, 0.5 for a tie); with the baseline, the same
+    without intervention, so the pairs the intervention changed can be read."""
+    if not pairs:
         return
-    table = pd.DataFrame({"pair": range(len(heldout)), "margin": margins, "correct": correct(margins)})
+    table = pd.DataFrame({"pair": range(len(pairs)), "margin": margins, "correct": correct(margins)})
     if baseline is not None:
         table["baseline_margin"], table["baseline_correct"] = baseline, correct(baseline)
     for side in ("prompt", "chosen", "rejected"):
-        table[side] = [getattr(p, side) for p in heldout]
-    atomic_write(out_dir / "heldout.csv", table.to_csv(index=False))
+        table[side] = [getattr(p, side) for p in pairs]
+    atomic_write(out_dir / f"{split}.csv", table.to_csv(index=False))
 
 
 def write_failure(out_dir: Path, error: BaseException) -> None:
@@ -259,19 +260,22 @@ def accuracy_lines(metrics: dict, shifts: bool) -> list[str]:
         acc = f"held-out accuracy {metrics['eval/heldout_accuracy']:.3f} (before training {metrics['eval/heldout_accuracy_before']:.3f}"
         if "eval/baseline/heldout_accuracy" in metrics:
             acc += f"; without intervention {metrics['eval/baseline/heldout_accuracy']:.3f}"
-        if "eval/heldout_accuracy_change" in metrics:
-            acc += (f", change {metrics['eval/heldout_accuracy_change']:+.3f} ± "
-                    f"{metrics['eval/heldout_accuracy_change_se']:.3f} paired s.e.")
-        out.append(acc + ")")
+        out.append(acc + _change(metrics, "heldout") + ")")
     else:
         out.append("held-out accuracy: no held-out pairs (data.heldout_fraction)")
     if "eval/validation_accuracy" in metrics:
         base = metrics.get("eval/baseline/validation_accuracy")
         out.append(f"validation accuracy {metrics['eval/validation_accuracy']:.3f}"
-                   + ("" if base is None else f" (without intervention {base:.3f})")
+                   + ("" if base is None else f" (without intervention {base:.3f}{_change(metrics, 'validation')})")
                    + f" on {int(metrics['data/validation'])} pairs set apart from the held-out ones (choose settings "
                    "by it, report held-out)")
     return out
+
+
+def _change(metrics: dict, split: str) -> str:
+    """", change -0.075 ± 0.024 paired s.e." for a run measured against its in-run baseline."""
+    key = f"eval/{split}_accuracy_change"
+    return f", change {metrics[key]:+.3f} ± {metrics[key + '_se']:.3f} paired s.e." if key in metrics else ""
 
 
 def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from anatomy.cache import cached_dir, stage_code
+from anatomy.cache import cached_dir, code_digest, stage_code
 from anatomy.errors import AnatomyError, check_types
 from anatomy.eval import NoEval
 from anatomy.eval.evaluate import accuracy_change
@@ -33,7 +33,7 @@ from anatomy.evidence import concept_groups, promoted_tokens, snippets, top_toke
 from anatomy.hypotheses.ground_truth import group_purity, name_concept, score
 from anatomy.models.base import check_lengths
 from anatomy.models.hooks import check_points
-from anatomy.outputs import strongest_first, write_heldout, write_metrics, write_outputs, write_verdicts
+from anatomy.outputs import strongest_first, write_margins, write_metrics, write_outputs, write_verdicts
 from anatomy.select import Selection
 
 log = logging.getLogger(__name__)
@@ -310,42 +310,50 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
         return metrics
     with timer("eval"):
         measured, margins = stages.eval.run(trained, data.heldout, probes, table)
-        measured.update(stages.eval.accuracy(trained, data.validation, "validation")[0])  # to choose settings by
+        validation, val_margins = stages.eval.accuracy(trained, data.validation, "validation")  # to choose settings by
     metrics.update(measured)
-    base_margins = None
+    metrics.update(validation)
+    base_margins = base_val_margins = None
     if stages.eval.compare_baseline and not isinstance(stages.intervention, NoIntervention):
         with timer("baseline"):
-            base, base_margins, hit = measure_baseline(stages, data, probes, model)
+            base, base_margins, base_val_margins, hit = measure_baseline(stages, data, probes, model)
             base.update(stages.eval.compare(base, table, prefix="eval/baseline"))
         metrics["cache/baseline"] = float(hit)
         metrics.update(base)
         metrics.update(accuracy_change(margins, base_margins))
+        if data.validation:
+            metrics.update(accuracy_change(val_margins, base_val_margins, split="validation"))
         for key, value in list(base.items()):
             if key.startswith("eval/baseline/shift/") and abs(value) > 1e-9:
                 concept = key.rsplit("/", 1)[-1]
                 metrics[f"eval/shift_reduction/{concept}"] = 1.0 - metrics[f"eval/shift/{concept}"] / value
-    write_heldout(out_dir, data.heldout, margins, base_margins)
+    write_margins(out_dir, "heldout", data.heldout, margins, base_margins)
+    write_margins(out_dir, "validation", data.validation, val_margins, base_val_margins)
     return metrics
 
 
-def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], bool]:
+def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], np.ndarray, np.ndarray, bool]:
     """The same training without intervention, measured, through the stage cache (keyed by the
     trainer, the model, the pairs and probes, the eval config, and the source of the code that trains
     and measures it, so a cached baseline measured by older code is redone): a sweep over
-    interventions or selections trains it once. -> (eval/baseline/* metrics, its held-out margins, cache hit)"""
+    interventions or selections trains it once. -> (eval/baseline/* metrics, its held-out margins, its
+    validation margins, cache hit)"""
     import hashlib
     import json
 
     def build(folder: Path) -> None:
         baseline = stages.trainer.train(model, data.train, Plan())
         measured, margins = stages.eval.measure(baseline, data.heldout, probes, prefix="eval/baseline")
-        measured.update(stages.eval.accuracy(baseline, data.validation, "validation", prefix="eval/baseline")[0])
-        (folder / "metrics.json").write_text(json.dumps(measured, indent=1, sort_keys=True))
+        validation, val_margins = stages.eval.accuracy(baseline, data.validation, "validation", prefix="eval/baseline")
+        (folder / "metrics.json").write_text(json.dumps({**measured, **validation}, indent=1, sort_keys=True))
         np.save(folder / "heldout_margins.npy", margins)
+        np.save(folder / "validation_margins.npy", val_margins)
 
     texts = hashlib.sha256(repr((data.train, data.heldout, probes) + ((data.validation,) if data.validation else ())
                                 ).encode()).hexdigest()
     key = {"trainer": asdict(stages.trainer), "model": model.key, "data": texts, "eval": asdict(stages.eval),
-           "code": stage_code(type(stages.trainer).__module__, type(stages.eval).__module__)}
+           "code": stage_code(type(stages.trainer).__module__, type(stages.eval).__module__),
+           "recipe": code_digest(measure_baseline)}  # what it saves: an entry saved by another recipe is redone
     folder, hit = cached_dir("baseline", key, build)
-    return json.loads((folder / "metrics.json").read_text()), np.load(folder / "heldout_margins.npy"), hit
+    return (json.loads((folder / "metrics.json").read_text()), np.load(folder / "heldout_margins.npy"),
+            np.load(folder / "validation_margins.npy"), hit)

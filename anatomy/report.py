@@ -16,7 +16,8 @@ baseline. The summary shows each as the value of the group's means, then the val
 order of the --over overrides: "92% (57%, 112%, 119%)". Where both jobs wrote `heldout.csv` for the
 same held-out pairs, the job's held-out accuracy change against its baseline job is paired pair by
 pair, with its standard error (`eval/heldout_accuracy_change`, `_se`), and listed per job:
-"-0.040 (-0.080 ± 0.021, -0.030 ± 0.018, -0.010 ± 0.015)".
+"-0.040 (-0.080 ± 0.021, -0.030 ± 0.018, -0.010 ± 0.015)"; so is the validation accuracy's
+(`eval/validation_accuracy_change`) where both wrote `validation.csv`.
 """
 
 from __future__ import annotations
@@ -97,28 +98,32 @@ def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], swee
     bases = signature[is_base]
     baseline = pd.DataFrame(float("nan"), index=table.index, columns=[f"baseline/{m}" for m in metrics])
     table = table.copy()
-    for column in (CHANGE, f"{CHANGE}_se"):  # a job's own (in-run baseline) stays; others are paired below
-        if column not in table.columns:
-            table[column] = float("nan")
+    for change in CHANGES.values():  # a job's own (in-run baseline) stays; others are paired below
+        for column in (change, f"{change}_se"):
+            if column not in table.columns:
+                table[column] = float("nan")
     for i in ok.index[~is_base]:
         found = bases.index[bases == signature[i]]
         if len(found) == 1:
             baseline.loc[i] = ok.loc[found[0], metrics].to_numpy(dtype=float)
-            if sweep_dir is not None and pd.isna(table.loc[i, CHANGE]):
-                table.loc[i, [CHANGE, f"{CHANGE}_se"]] = paired_change(
-                    sweep_dir / table.loc[i, "job"], sweep_dir / table.loc[found[0], "job"])
-    if table[CHANGE].isna().all():
-        table = table.drop(columns=[CHANGE, f"{CHANGE}_se"])
+            for split, change in CHANGES.items():
+                if sweep_dir is not None and pd.isna(table.loc[i, change]):
+                    table.loc[i, [change, f"{change}_se"]] = paired_change(
+                        sweep_dir / table.loc[i, "job"], sweep_dir / table.loc[found[0], "job"], split)
+    for change in CHANGES.values():
+        if table[change].isna().all():
+            table = table.drop(columns=[change, f"{change}_se"])
     return pd.concat([table, baseline], axis=1)
 
 
-CHANGE = "eval/heldout_accuracy_change"
+# The accuracy's change against the baseline job, paired pair by pair, per split (`<split>.csv`).
+CHANGES = {split: f"eval/{split}_accuracy_change" for split in ("heldout", "validation")}
 
 
-def paired_change(job: Path, base: Path) -> tuple[float, float]:
-    """The held-out accuracy's change from the baseline job to this job, pair by pair, and its standard
-    error; NaN unless both wrote heldout.csv for the same held-out pairs."""
-    files = [job / "heldout.csv", base / "heldout.csv"]
+def paired_change(job: Path, base: Path, split: str = "heldout") -> tuple[float, float]:
+    """The accuracy's change on `split`'s pairs from the baseline job to this job, pair by pair, and
+    its standard error; NaN unless both wrote <split>.csv (heldout.csv, validation.csv) for the same pairs."""
+    files = [job / f"{split}.csv", base / f"{split}.csv"]
     if not all(f.exists() for f in files):
         return float("nan"), float("nan")
     mine, theirs = (pd.read_csv(f) for f in files)
@@ -147,8 +152,10 @@ def summarize(table: pd.DataFrame, metrics: list[str], over: list[str]) -> pd.Da
         shift = m.startswith("eval/shift")
         out[f"{m} {'reduction' if shift else 'ratio'}"] = [
             _versus(rows[m].to_numpy(), rows[f"baseline/{m}"].to_numpy(), shift) for _, rows in grouped]
-    if CHANGE in ok.columns and f"{CHANGE}_se" in ok.columns and ok[CHANGE].notna().any():
-        out[f"{CHANGE} (per job ± paired s.e.)"] = [_per_job(rows[CHANGE], rows[f"{CHANGE}_se"]) for _, rows in grouped]
+    for change in CHANGES.values():
+        if change in ok.columns and f"{change}_se" in ok.columns and ok[change].notna().any():
+            out[f"{change} (per job ± paired s.e.)"] = [_per_job(rows[change], rows[f"{change}_se"])
+                                                         for _, rows in grouped]
     return out.reset_index()
 
 
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     table = gather(args.sweep_dir)
     metrics = args.metrics or [c for c in table.columns if c.startswith(("eval/shift/", "eval/heldout_accuracy",
                                                                           "eval/validation_accuracy"))
-                               and "baseline" not in c and CHANGE not in c] or [c for c in table.columns if c.startswith("audit/n_")]
+                               and "baseline" not in c and "_accuracy_change" not in c] or [c for c in table.columns if c.startswith("audit/n_")]
     if args.against:
         table = against_baseline(table, args.against, [m for m in metrics if m in table.columns], args.sweep_dir)
     summary = summarize(table, metrics, args.over)

@@ -301,10 +301,11 @@ def _accuracy(margin: np.ndarray) -> float:
     return float(correct(margin).mean()) if len(margin) else float("nan")
 
 
-def accuracy_change(margins: np.ndarray, baseline: np.ndarray, prefix: str = "eval") -> dict[str, float]:
-    """The held-out accuracy's change against the baseline scored on the same pairs, and its paired
-    standard error (of the per-pair change in correctness): `<prefix>/heldout_accuracy_change(_se)`."""
+def accuracy_change(margins: np.ndarray, baseline: np.ndarray, prefix: str = "eval",
+                    split: str = "heldout") -> dict[str, float]:
+    """The accuracy's change against the baseline scored on the same pairs, and its paired standard
+    error (of the per-pair change in correctness): `<prefix>/<split>_accuracy_change(_se)`."""
     change, se = mean_change(correct(margins), correct(baseline))
     if np.isnan(change):
         return {}
-    return {f"{prefix}/heldout_accuracy_change": change, f"{prefix}/heldout_accuracy_change_se": se}
+    return {f"{prefix}/{split}_accuracy_change": change, f"{prefix}/{split}_accuracy_change_se": se}

@@ -16,7 +16,7 @@ from anatomy.errors import AnatomyError
 
 MODES = ("offline", "online", "disabled")
 FILES = ("hypotheses.csv", "hypotheses.md", "metrics.json", "selection.json", "verdicts.yaml", "heldout.csv",
-         "environment.json", ".hydra/config.yaml", ".hydra/overrides.yaml")
+         "validation.csv", "environment.json", ".hydra/config.yaml", ".hydra/overrides.yaml")
 
 
 @dataclass

@@ -125,6 +125,13 @@ def test_validation_pairs_take_the_replication_and_leave_the_heldout_ones_untouc
     assert 0 <= split["eval/baseline/validation_accuracy"] <= 1
     assert "eval/validation_accuracy_same/markdown" in split and "eval/heldout_accuracy" in split
     assert len(pd.read_csv(out / "heldout.csv")) == split["data/heldout"]  # the final numbers' pairs only
+    # validation.csv: each validation pair under the trained model and the baseline; the change is paired on them
+    validation = pd.read_csv(out / "validation.csv")
+    assert len(validation) == split["data/validation"]
+    assert validation["correct"].mean() == pytest.approx(split["eval/validation_accuracy"])
+    assert validation["baseline_correct"].mean() == pytest.approx(split["eval/baseline/validation_accuracy"])
+    assert split["eval/validation_accuracy_change"] == pytest.approx(
+        (validation["correct"] - validation["baseline_correct"]).mean())
 
 
 def test_null_calibration(default_audit):

@@ -70,10 +70,10 @@ def test_a_job_that_failed_after_its_audit_is_neither_averaged_nor_a_baseline(sw
     assert len(none) == 1 and "+2.333" in none[0] and none[0][none[0].index("+2.333") - 1] == "3", none
 
 
-def heldout(folder, correct, prompts=None):
+def heldout(folder, correct, prompts=None, split="heldout"):
     prompts = prompts or [f"Q{i}" for i in range(len(correct))]
     pd.DataFrame({"pair": range(len(correct)), "margin": [1.0 if c else -1.0 for c in correct], "correct": correct,
-                  "prompt": prompts, "chosen": "a", "rejected": "b"}).to_csv(folder / "heldout.csv", index=False)
+                  "prompt": prompts, "chosen": "a", "rejected": "b"}).to_csv(folder / f"{split}.csv", index=False)
 
 
 def test_against_baseline_pairs_the_heldout_accuracy_pair_by_pair(sweep):
@@ -98,6 +98,20 @@ def test_against_baseline_pairs_the_heldout_accuracy_pair_by_pair(sweep):
     assert table[["eval/heldout_accuracy_change"]].loc[["filter", "2", "4"]].isna().all().all()
     # ablation, in seed order 0, 2, 10
     assert "-0.225 (-0.250 ± 0.250, -0.125 ± 0.125, -0.300 ± 0.050)" in (sweep / "report.md").read_text()
+
+
+def test_against_baseline_pairs_the_validation_accuracy_apart_from_the_heldout_one(sweep):
+    """validation.csv is paired like heldout.csv, into its own column: a job with validation pairs and
+    no held-out file gets a validation change and no held-out one."""
+    heldout(sweep / "4", [1, 1, 0, 1], split="validation")  # none, seed 0
+    heldout(sweep / "5", [0, 1, 0, 1], split="validation")  # ablation, seed 0: one pair lost
+    heldout(sweep / "5", [1, 1, 1, 1])  # (a held-out file without its baseline's: no held-out pairing)
+    report([str(sweep), "--metrics", "eval/heldout_accuracy", "--against", "intervention=none"])
+    table = pd.read_csv(sweep / "report.csv").set_index("job")
+    assert table.loc["5", "eval/validation_accuracy_change"] == -0.25
+    assert table.loc["5", "eval/validation_accuracy_change_se"] == pytest.approx(0.5 / 2)
+    assert "eval/heldout_accuracy_change" not in table.columns
+    assert "eval/validation_accuracy_change (per job ± paired s.e.)" in (sweep / "report.md").read_text()
 
 
 def test_against_needs_a_swept_override_and_a_baseline_job(sweep):
