@@ -62,9 +62,10 @@ class Featurize:
         return Features.load(folder), hit, folder.name
 
     def count_full(self, feats: Features) -> dict[str, float]:
-        """`featurize/responses_at_max_length`: responses that fill all `max_length` tokens, so were cut
-        unless exactly that long (warned about)."""
-        full = int((feats.chosen_length >= self.max_length).sum() + (feats.rejected_length >= self.max_length).sum())
+        """`featurize/responses_at_max_length`: responses that fill all `max_length` tokens but the one
+        prompt token always kept, so were cut unless exactly that long (warned about)."""
+        fills = self.max_length - 1
+        full = int((feats.chosen_length >= fills).sum() + (feats.rejected_length >= fills).sum())
         if full:
             log.warning("featurize: %d of %d responses fill all featurize.max_length=%d tokens: whatever is longer "
                         "is not read; raise featurize.max_length", full, 2 * len(feats.chosen_length), self.max_length)

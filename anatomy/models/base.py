@@ -103,13 +103,15 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, 
     Prompt and response are tokenized separately (special tokens only on the prompt), so the
     response's tokens are the same whatever the prompt. With `eos`, the response ends with the
     tokenizer's end-of-sequence token, as TRL's trainers end every completion: a complete response.
-    Over `max_length`, the prompt is cut from the left first, then the response from the right.
+    Over `max_length`, the prompt is cut from the left first, then the response from the right, but
+    one token of the prompt (or the BOS token) always stays: the response's first token is read, and
+    scored, in context.
     """
     p = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
     (r,) = response_ids(tokenizer, [response], eos)
     if not p and tokenizer.bos_token_id is not None:
         p = [tokenizer.bos_token_id]
-    r = r[:max_length]
+    r = r[:max_length - 1] if p else r[:max_length]
     p = p[max(0, len(p) + len(r) - max_length):]
     return p + r, len(p)
 
@@ -125,8 +127,9 @@ def response_ids(tokenizer: PreTrainedTokenizerBase, responses: list[str], eos: 
 def responses_cut(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]], max_length: int,
                   eos: bool = False) -> int:
     """How many (prompt, response) texts `encode_pair` cuts into the response itself (its prompt is
-    cut first, so only responses longer than `max_length` lose tokens of their own)."""
-    return sum(len(r) > max_length for r in response_ids(tokenizer, [r for _, r in texts], eos))
+    cut first, down to the one token kept, so only responses of `max_length` tokens or more lose
+    tokens of their own)."""
+    return sum(len(r) >= max_length for r in response_ids(tokenizer, [r for _, r in texts], eos))
 
 
 def encode_batch(tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]], max_length: int,

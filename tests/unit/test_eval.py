@@ -92,12 +92,19 @@ def test_response_logps_give_complete_and_continuation_scores_in_one_pass():
     (ids, logps), = response_logps(model, tok, texts[3:], max_length=12)
     assert stop_logp(ids, logps, tok.eos_token_id) < 0
     # What the run reports as eval/responses_cut: texts whose response itself loses tokens.
-    from anatomy.models.base import responses_cut
+
+    from anatomy.models.base import encode_pair, responses_cut
 
     n = len(tok(texts[1][1], add_special_tokens=False)["input_ids"])
-    assert responses_cut(tok, texts[1:2], max_length=n) == 0
-    assert responses_cut(tok, texts[1:2], max_length=n, eos=True) == 1  # the end token no longer fits
+    assert responses_cut(tok, texts[1:2], max_length=n + 1) == 0
+    assert responses_cut(tok, texts[1:2], max_length=n + 1, eos=True) == 1  # the end token no longer fits
     assert responses_cut(tok, texts[3:], max_length=12, eos=True) == 0  # only its prompt is cut
+    # A response as long as max_length keeps one prompt token (its first token is read in context), so it is cut.
+    assert responses_cut(tok, texts[1:2], max_length=n) == 1
+    ids, start = encode_pair(tok, *texts[1], max_length=n)
+    assert len(ids) == n and start == 1 and ids[1:] == tok(texts[1][1], add_special_tokens=False)["input_ids"][:-1]
+    ids, start = encode_pair(tok, *texts[1], max_length=n + 1)
+    assert start == 1 and ids[1:] == tok(texts[1][1], add_special_tokens=False)["input_ids"]
 
 
 def test_first_difference():
