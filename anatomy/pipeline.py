@@ -175,14 +175,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         table, hit = test_hypotheses(stages.hypothesis, feats, features_key)
     metrics["cache/hypotheses"] = float(hit)
     unseen = data.validation or data.heldout  # validation pairs, when set apart: the held-out ones stay untouched
-    if stages.hypothesis.replicate and table["significant"].any() and len(unseen) >= 2:
+    needs = 3 if stages.hypothesis.control_length else 2  # (the length fit has two parameters)
+    if stages.hypothesis.replicate and table["significant"].any() and len(unseen) >= needs:
         with timer("replication"):
             table, replication = replicate_hypotheses(stages, model, sae, table, unseen)
         metrics.update(replication)
         metrics["audit/replication_on_validation"] = float(bool(data.validation))
     elif stages.hypothesis.replicate and table["significant"].any():  # nothing held out to test them on
-        log.warning("hypothesis.replicate: fewer than 2 held-out pairs (data.heldout_fraction=0?): the "
-                    "hypotheses are not tested again on pairs they were not found on")
+        which = "validation pairs (data.validation_fraction)" if data.validation else \
+            "held-out pairs (data.heldout_fraction=0?)"
+        log.warning("hypothesis.replicate: fewer than %d %s: the hypotheses are not tested again on pairs they "
+                    "were not found on", needs, which)
     with timer("evidence"):
         details = gather_evidence(stages.evidence, feats, table, sae, model)
     significant = table[table["significant"]]

@@ -237,7 +237,7 @@ class Evaluate:
                 by_concept[probe.concept].append(float(d))
             for concept, v in by_concept.items():
                 metrics[f"{prefix}/{name}/{concept}"] = float(np.mean(v))
-                metrics[f"{prefix}/{name}_se/{concept}"] = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+                metrics[f"{prefix}/{name}_se/{concept}"] = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
         return metrics, reward
 
     @staticmethod

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from scipy import stats
 
 _CHUNK_NNZ = 1 << 22  # stored entries ranked at once by `wilcoxon` (~0.3 GB of scratch)
+_EXACT_MAX = 50  # `wilcoxon`: columns with at most this many nonzero differences get the exact null
 _DEGENERATE = 1e-12  # a sum of squares below this fraction of its raw scale counts as 0
 
 
@@ -95,6 +96,11 @@ def _binom_one_sided(k_side: np.ndarray, k_other: np.ndarray) -> np.ndarray:
     return p
 
 
+def _infinite(x: np.ndarray) -> np.ndarray:
+    """x / 0 for a ratio whose denominator is 0: +inf or -inf on the side of x, 0 where x is 0."""
+    return np.where(x == 0, 0.0, np.copysign(np.inf, x))
+
+
 def _side(side, n_features: int):
     """`side` as a float array of +1 / -1 per feature (None stays None: two-sided)."""
     if side is None:
@@ -114,9 +120,15 @@ def _centered_ss(D, mean: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- public
 def paired_difference(chosen, rejected):
-    """D = chosen - rejected as a canonical float64 csc_array (columns = features)."""
+    """D = chosen - rejected as a canonical float64 csc_array (columns = features). Raises
+    ValueError on a NaN or infinite activation, which every test would otherwise rank as a number."""
     c, r = _canonical(chosen, "csr"), _canonical(rejected, "csr")
     _check_pair(c, r)
+    bad = int((~np.isfinite(c.data)).sum() + (~np.isfinite(r.data)).sum())
+    if bad:
+        columns = np.unique(np.concatenate([c.indices[~np.isfinite(c.data)], r.indices[~np.isfinite(r.data)]]))
+        raise ValueError(f"{bad} activations are NaN or infinite (features {columns[:5].tolist()}"
+                         f"{' ...' if len(columns) > 5 else ''}): the model or SAE overflowed; run them in float32")
     return _csc(c.astype(np.float64) - r.astype(np.float64))
 
 
@@ -139,17 +151,22 @@ def sign_test(D, side=None):
 def wilcoxon(D, side=None):
     """Wilcoxon signed-rank test of each column, zeros dropped ("wilcox").
 
-    Normal approximation with tie correction and no continuity correction, as
-    ``scipy.stats.wilcoxon(d, zero_method="wilcox", correction=False,
-    method="approx")``.  Returns (w_plus, z, p): the rank sum of the positive
-    differences, z > 0 when chosen tends to be higher, and the two-sided p, or
-    with `side` (+1 / -1 per column) the one-sided p in that direction
-    (p = 1, z = 0 where a column has no nonzero difference).
+    A column with at most `_EXACT_MAX` (50) nonzero differences gets the exact
+    p: the permutation null of its own ranks (every sign equally likely, ties
+    at their average rank), as ``scipy.stats.wilcoxon(d, zero_method="wilcox",
+    method="exact")`` where there are no ties.  Beyond, the normal
+    approximation with tie correction and no continuity correction, as
+    ``method="approx", correction=False``.  Returns (w_plus, z, p): the rank sum
+    of the positive differences, z > 0 when chosen tends to be higher (the
+    normal approximation's, for every column), and the two-sided p, or with
+    `side` (+1 / -1 per column) the one-sided p in that direction (p = 1, z = 0
+    where a column has no nonzero difference).
     """
     D = _csc(D)
     n_features = D.shape[1]
     side = _side(side, n_features)
     w_plus, count, ties = np.zeros(n_features), np.zeros(n_features), np.zeros(n_features)
+    tied_ranks: dict[int, np.ndarray] = {}  # small columns with ties: their ranks, for the exact null
     indptr = D.indptr
     lo = 0
     while lo < n_features:  # chunks of whole columns with about _CHUNK_NNZ entries
@@ -179,6 +196,8 @@ def wilcoxon(D, side=None):
         t = (ends - starts).astype(np.float64)
         ties[lo:hi] = np.bincount(run_col, t**3 - t, minlength=hi - lo)
         count[lo:hi] = n_col
+        for c in np.flatnonzero((n_col <= _EXACT_MAX) & (ties[lo:hi] > 0)):
+            tied_ranks[lo + int(c)] = entry_rank[col_offset[c] : col_offset[c] + n_col[c]]
         lo = hi
     mean = count * (count + 1) / 4
     var = count * (count + 1) * (2 * count + 1) / 24 - ties / 48
@@ -187,7 +206,35 @@ def wilcoxon(D, side=None):
     z[some] = (w_plus[some] - mean[some]) / np.sqrt(var[some])
     p = np.minimum(1.0, 2.0 * stats.norm.sf(np.abs(z))) if side is None else stats.norm.sf(side * z)
     p[~some] = 1.0
+    for c in np.flatnonzero(some & (count <= _EXACT_MAX)):
+        n = int(count[c])
+        null = _signed_rank_null(tied_ranks[c]) if c in tied_ranks else _signed_rank_null_untied(n)
+        k = int(round(2 * w_plus[c]))  # W+ in half-ranks
+        upper, lower = null[k:].sum(), null[: k + 1].sum()  # P(W+ >= w), P(W+ <= w)
+        if side is None:
+            p[c] = min(1.0, 2.0 * min(upper, lower))
+        else:
+            p[c] = upper if side[c] > 0 else lower
     return w_plus, z, p
+
+
+def _signed_rank_null(ranks: np.ndarray) -> np.ndarray:
+    """P(W+ = k / 2) for k = 0 .. 2 * sum(ranks), each rank's sign + or - with probability 1/2."""
+    null = np.ones(1)
+    for r in np.rint(2 * np.asarray(ranks)).astype(np.int64):  # average ranks are whole or half
+        null = np.pad(null, (0, r)) + np.pad(null, (r, 0))
+        null /= 2
+    return null
+
+
+_UNTIED: dict[int, np.ndarray] = {}
+
+
+def _signed_rank_null_untied(n: int) -> np.ndarray:
+    """`_signed_rank_null` of the ranks 1 .. n, computed once per n."""
+    if n not in _UNTIED:
+        _UNTIED[n] = _signed_rank_null(np.arange(1, n + 1))
+    return _UNTIED[n]
 
 
 def presence_test(chosen, rejected):
@@ -217,8 +264,9 @@ def effect_sizes(D) -> dict:
     """Per-feature effect sizes of D over all n pairs (zeros included).
 
     mean_diff, std_diff (ddof=1), std_effect = mean_diff / std_diff (Cohen's
-    d_z; 0 where the sd is 0) and auroc = P(feature higher in chosen) with ties
-    (equal values, including both zero) counted half.
+    d_z; where the sd is 0, 0 if the mean is 0 too, else +inf or -inf: every
+    pair differs by the same amount) and auroc = P(feature higher in chosen)
+    with ties (equal values, including both zero) counted half.
     """
     D = _csc(D)
     n = D.shape[0]
@@ -228,7 +276,7 @@ def effect_sizes(D) -> dict:
     ss = _centered_ss(D, mean)
     ss[ss <= _DEGENERATE * _colsum(D.indptr, D.data**2)] = 0.0  # constant up to rounding
     sd = np.sqrt(ss / (n - 1))
-    d_z = np.divide(mean, sd, out=np.zeros_like(mean), where=sd > 0)
+    d_z = np.divide(mean, sd, out=_infinite(mean), where=sd > 0)
     n_pos = _colsum(D.indptr, D.data > 0)
     n_neg = _colsum(D.indptr, D.data < 0)
     auroc = (n_pos + 0.5 * (n - n_pos - n_neg)) / n
@@ -264,9 +312,9 @@ def _length_ols(D, length_diff, side=None) -> dict:
     rss[rss <= _DEGENERATE * syy] = 0.0  # exact fit up to rounding
     sigma = np.sqrt(rss / (n - 2))
     se = sigma * np.sqrt(1.0 / n + x_mean**2 / sxx)
-    t = np.divide(intercept, se, out=np.zeros_like(se), where=se > 0)
+    t = np.divide(intercept, se, out=_infinite(intercept), where=se > 0)
     p = 2.0 * stats.t.sf(np.abs(t), n - 2) if side is None else stats.t.sf(side * t, n - 2)
-    p = np.where(se > 0, p, 1.0)
+    p = np.where((se > 0) | (t != 0), p, 1.0)
     return {"intercept": intercept, "slope": slope, "sigma": sigma, "t": t, "p": p}
 
 
@@ -277,7 +325,8 @@ def length_adjusted(D, length_diff, side=None):
     effect is the intercept (the expected difference at equal lengths) and t, p
     its Student t test with n - 2 df: two-sided, or with `side` (+1 / -1 per
     column) one-sided in that direction.  A feature fitted exactly (no
-    residual variation) gets t = 0, p = 1, like d_z = 0 for a zero sd.
+    residual variation) gets t = +inf or -inf and p = 0 (or 1 on the other
+    side), or t = 0, p = 1 if its intercept is 0 too, like d_z for a zero sd.
     Raises ValueError if length_diff has zero variance.
     """
     fit = _length_ols(D, length_diff, side)

@@ -18,6 +18,7 @@ was not found on.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,8 @@ import pandas as pd
 
 from . import stats
 from .correction import METHODS, adjust
+
+log = logging.getLogger(__name__)
 
 TESTS = ("wilcoxon", "sign")
 
@@ -90,17 +93,25 @@ class HypothesisTest:
         t = self._paired(D, length_diff)
         effect, p_value, eff = t["effect"], t["p_value"], t["eff"]
         q_value = adjust(p_value, self.correction)
+        # The test's evidence must point the way the effect does: a mean pulled one way by a few large
+        # differences while most pairs lean the other gets a small p for the other side.
+        agrees = (np.sign(effect) == np.sign(t["statistic"])) & (effect != 0)
+        passes = (q_value <= self.alpha) & (np.abs(effect) >= self.min_effect)
+        if (passes & ~agrees).any():
+            log.warning("hypotheses: %d features pass alpha and min_effect, but their %s test points the other way "
+                        "from their effect (a few large differences against most pairs): not significant",
+                        int((passes & ~agrees).sum()), self.test if not self.control_length else "length-adjusted")
 
         table = pd.DataFrame(
             {
                 "feature": tested.astype(np.int64),
-                "direction": np.where(effect > 0, "chosen", "rejected"),
+                "direction": np.where(effect > 0, "chosen", np.where(effect < 0, "rejected", "neither")),
                 "effect": effect,
                 "auroc": eff["auroc"],
                 "mean_diff": eff["mean_diff"],
                 "p_value": p_value,
                 "q_value": q_value,
-                "significant": (q_value <= self.alpha) & (np.abs(effect) >= self.min_effect),
+                "significant": passes & agrees,
                 "frequency": freq[tested],
                 "n_pos": t["n_pos"].astype(np.int64),
                 "n_neg": t["n_neg"].astype(np.int64),
@@ -120,19 +131,19 @@ class HypothesisTest:
         length-adjusted one), `p_value` (the primary test's: two-sided, or with `side`, +1 / -1 per
         column, one-sided in that direction), and the statistics behind them."""
         n_pos, n_neg, p_sign = stats.sign_test(D, side)
-        _, _, p_wilcoxon = stats.wilcoxon(D, side)
+        _, z, p_wilcoxon = stats.wilcoxon(D, side)
         eff = stats.effect_sizes(D)
         effect = eff["std_effect"]
-        p_value = p_wilcoxon if self.test == "wilcoxon" else p_sign
+        p_value, statistic = (p_wilcoxon, z) if self.test == "wilcoxon" else (p_sign, n_pos - n_neg)
         extra = {}
         if self.control_length:
             fit = stats._length_ols(D, length_diff, side)
             extra = {"effect_unadjusted": effect, "p_unadjusted": p_value}
-            sigma = fit["sigma"]
-            effect = np.divide(fit["intercept"], sigma, out=np.zeros_like(sigma), where=sigma > 0)
-            p_value = fit["p"]
-        return {"effect": effect, "p_value": p_value, "n_pos": n_pos, "n_neg": n_neg, "p_sign": p_sign,
-                "p_wilcoxon": p_wilcoxon, "eff": eff, "extra": extra}
+            intercept, sigma = fit["intercept"], fit["sigma"]
+            effect = np.divide(intercept, sigma, out=stats._infinite(intercept), where=sigma > 0)
+            p_value, statistic = fit["p"], fit["t"]
+        return {"effect": effect, "p_value": p_value, "statistic": statistic, "n_pos": n_pos, "n_neg": n_neg,
+                "p_sign": p_sign, "p_wilcoxon": p_wilcoxon, "eff": eff, "extra": extra}
 
     def replication(self, table: pd.DataFrame, chosen, rejected, length_diff=None) -> pd.DataFrame:
         """The significant hypotheses of `table`, tested again on other pairs (`chosen` / `rejected`:

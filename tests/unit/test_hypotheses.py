@@ -34,7 +34,10 @@ def pair():
     return chosen, rejected, dense_d
 
 
-def test_sign_and_wilcoxon_match_scipy(pair):
+def test_sign_and_wilcoxon_match_scipy(pair, monkeypatch):
+    """The normal approximation (every column here has fewer than 50 nonzero differences, so the
+    exact null is turned off to check it; see the next test for the exact one)."""
+    monkeypatch.setattr(stats, "_EXACT_MAX", 0)
     chosen, rejected, d = pair
     D = stats.paired_difference(chosen, rejected)
     n_pos, n_neg, p_sign = stats.sign_test(D)
@@ -54,9 +57,42 @@ def test_sign_and_wilcoxon_match_scipy(pair):
         assert np.sign(z[j]) == np.sign(w_plus[j] - nz.size * (nz.size + 1) / 4)
 
 
-def test_one_sided_tests_match_scipy(pair):
+def test_wilcoxon_is_exact_for_few_nonzero_differences(monkeypatch):
+    """Up to 50 nonzero differences, the p is the exact permutation null's: scipy's method="exact"
+    without ties, a count over every sign vector with ties; two- and one-sided, in one matrix
+    ranked in several chunks."""
+    import itertools
+
+    rng = np.random.default_rng(7)
+    untied = [rng.normal(0.4, 1, n) for n in (1, 2, 4, 9, 20, 50)]
+    tied = [np.where(d == 0, 1.0, d) for d in (np.round(rng.normal(0.5, 1.5, n)) for n in (3, 6, 11))]
+    columns = untied + tied + [rng.normal(0.2, 1, 51)]  # the last: beyond 50, the normal approximation
+    n = max(len(c) for c in columns) + 5
+    dense = np.zeros((n, len(columns)))
+    for j, c in enumerate(columns):
+        dense[rng.permutation(n)[: len(c)], j] = c  # with zeros, which the test drops
+    D = stats.paired_difference(sp.csr_array(np.maximum(dense, 0)), sp.csr_array(np.maximum(-dense, 0)))
+    monkeypatch.setattr(stats, "_CHUNK_NNZ", 40)
+    for side, alternative in ((None, "two-sided"), (1.0, "greater"), (-1.0, "less")):
+        _, _, p = stats.wilcoxon(D, None if side is None else np.full(len(columns), side))
+        for j, c in enumerate(untied):
+            assert p[j] == pytest.approx(sps.wilcoxon(c, method="exact", alternative=alternative).pvalue, rel=1e-9)
+        for j, c in enumerate(tied, start=len(untied)):
+            ranks = sps.rankdata(np.abs(c))
+            w = ranks[c > 0].sum()
+            sums = np.array([ranks[np.array(signs, bool)].sum() for signs in itertools.product((0, 1), repeat=len(c))])
+            upper, lower = (sums >= w - 1e-9).mean(), (sums <= w + 1e-9).mean()
+            assert p[j] == pytest.approx({1.0: upper, -1.0: lower}.get(side, min(1.0, 2 * min(upper, lower))))
+        approx = sps.wilcoxon(columns[-1], correction=False, method="approx", alternative=alternative).pvalue
+        assert p[-1] == pytest.approx(approx, abs=1e-8)
+    # the approximation this replaces is anti-conservative here: 4 of 4 the same way
+    assert stats.wilcoxon(sp.csc_array(np.ones((4, 1))), np.ones(1))[2][0] == pytest.approx(1 / 16)
+
+
+def test_one_sided_tests_match_scipy(pair, monkeypatch):
     """With `side` (+1 / -1 per feature) the tests are one-sided in that direction, as scipy's
     alternative="greater" / "less"; a side that is not +1 or -1 is an error."""
+    monkeypatch.setattr(stats, "_EXACT_MAX", 0)  # the normal approximation (the exact null: above)
     chosen, rejected, d = pair
     D = stats.paired_difference(chosen, rejected)
     side = np.where(np.arange(d.shape[1]) % 2 == 0, 1.0, -1.0)
@@ -113,6 +149,9 @@ def test_presence_effects_frequency_match_dense(pair):
     sd = d.std(0, ddof=1)
     d_z = np.divide(d.mean(0), sd, out=np.zeros(d.shape[1]), where=sd > 0)
     np.testing.assert_allclose(eff["std_effect"], d_z, atol=1e-12)
+    # every pair differs by the same amount: an infinite d_z on its side (0 only with no difference)
+    same = stats.effect_sizes(sp.csc_array(np.array([[1.0, -2.0, 0.0]] * 5)))["std_effect"]
+    assert same.tolist() == [np.inf, -np.inf, 0.0]
     np.testing.assert_allclose(eff["auroc"], ((d > 0).sum(0) + 0.5 * (d == 0).sum(0)) / len(d))
 
 
@@ -234,6 +273,45 @@ def test_run_input_errors():
         HypothesisTest().run(a, _activations(10, 6, 0.5, 1))
     with pytest.raises(ValueError, match="n_pairs >= 2"):
         HypothesisTest().run(a[:1], a[:1])
+
+
+def test_nan_activations_are_an_error():
+    a, b = _activations(10, 5, 0.5, 0), _activations(10, 5, 0.5, 1)
+    a.data[0] = np.nan
+    with pytest.raises(ValueError, match=r"1 activations are NaN or infinite \(features \[\d\]\)"):
+        HypothesisTest().run(a, b)
+
+
+def test_the_test_must_point_the_way_the_effect_does(caplog):
+    """A feature slightly lower in chosen in most pairs but much higher in a few has a positive mean
+    (d_z) and a signed-rank test that favours rejected: not significant either way, and said."""
+    n = 400
+    rng = np.random.default_rng(1)
+    rejected = np.column_stack([rng.exponential(1.0, n) + 1.0, rng.exponential(1.0, n)])
+    chosen = rejected.copy()
+    few = np.arange(n) < 60
+    chosen[~few, 0] -= 0.1  # 340 pairs lean to rejected by a little
+    chosen[few, 0] += 3.0  # 60 pairs lean to chosen by a lot
+    chosen[:, 1] += 1.0  # a plain finding, and a perfect one: every pair differs by the same amount
+    for test in ("wilcoxon", "sign"):
+        with caplog.at_level("WARNING"):
+            table = HypothesisTest(test=test).run(sp.csr_array(chosen), sp.csr_array(rejected)).set_index("feature")
+        assert table.loc[0, "effect"] > 0.2 and table.loc[0, "q_value"] < 1e-10 and not table.loc[0, "significant"]
+        assert "1 features pass alpha and min_effect, but their" in caplog.text
+        assert table.loc[1, "effect"] == np.inf and table.loc[1, "direction"] == "chosen"
+        assert table.loc[1, "significant"]
+        caplog.clear()
+
+
+def test_length_control_of_an_exact_fit():
+    """A feature whose difference is exactly a + b * length: infinite t on its side, p = 0."""
+    length = np.arange(12.0) - 4
+    d = np.column_stack([0.5 + 0.1 * length, -0.5 + 0.1 * length, np.zeros(12)])
+    D = stats.paired_difference(sp.csr_array(np.maximum(d, 0)), sp.csr_array(np.maximum(-d, 0)))
+    effect, t, p = stats.length_adjusted(D, length)
+    assert effect[:2] == pytest.approx([0.5, -0.5]) and t.tolist() == [np.inf, -np.inf, 0.0]
+    assert p.tolist() == [0.0, 0.0, 1.0]
+    assert stats.length_adjusted(D, length, side=np.array([1.0, 1.0, 1.0]))[2].tolist() == [0.0, 1.0, 1.0]
 
 
 def _planted(n, seed, flip_8=False):
