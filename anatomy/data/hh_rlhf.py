@@ -1,7 +1,9 @@
 """Anthropic HH-RLHF: whole dialogues in `chosen` / `rejected`.
 
 The prompt is the dialogue up to and including the last "\\n\\nAssistant:"; the responses are what
-follows it. From a local file (`data.path`, e.g. harmless-base/test.jsonl.gz) or from the hub
+follows it. A row whose chosen and rejected dialogues differ before that turn (5 of 2,312 in the
+harmless test split) compares answers to different prompts: it is invalid, like an empty response.
+From a local file (`data.path`, e.g. harmless-base/test.jsonl.gz) or from the hub
 (`datasets.load_dataset("Anthropic/hh-rlhf", data_dir=..., split=...)`).
 """
 
@@ -38,7 +40,7 @@ class HHRLHFData:
     max_pairs: int | None = 1000  # keep at most this many pairs (a seeded sample); None = all
     heldout_fraction: float = 0.2  # fraction of pairs held out, split by prompt
     validation_fraction: float = 0.0  # of all pairs, the part of the held-out ones set apart for validation; 0 = none
-    drop_invalid: bool = True  # drop and count rows with an empty final response (4 in harmless test)
+    drop_invalid: bool = True  # drop and count rows with an empty final response or whose two dialogues differ
     seed: int = 0  # seeds the sample and the split
 
     def __post_init__(self):
@@ -62,16 +64,19 @@ class HHRLHFData:
 
     def load(self) -> PreferenceData:
         raw, source = self._rows()
-        rows, mismatched = [], 0
+        rows, problems, mismatched = [], {}, 0
         for i, row in enumerate(raw):
             if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
                 raise AnatomyError(f"{source}: row {i} lacks the 'chosen' / 'rejected' fields of HH-RLHF")
             c, r = split_dialogue(row["chosen"]), split_dialogue(row["rejected"])
+            rows.append({"prompt": "", "chosen": "", "rejected": ""})
             if c is None or r is None:
-                rows.append({"prompt": "", "chosen": None, "rejected": None})  # counted as invalid
-                continue
-            mismatched += c[0] != r[0]
-            rows.append({"prompt": c[0], "chosen": c[1], "rejected": r[1]})
-        pairs, report = validate_rows(rows, source, drop_invalid=self.drop_invalid)
+                problems[i] = f"no {MARKER!r} turn in {'chosen' if c is None else 'rejected'}"
+            elif c[0] != r[0]:  # the last Assistant turn differs: the two responses answer different dialogues
+                problems[i] = "chosen and rejected end in different dialogues (their last Assistant turns differ)"
+                mismatched += 1
+            else:
+                rows[-1] = {"prompt": c[0], "chosen": c[1], "rejected": r[1]}
+        pairs, report = validate_rows(rows, source, drop_invalid=self.drop_invalid, known=problems)
         report["data/prompt_mismatch"] = float(mismatched)
         return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)

@@ -83,13 +83,16 @@ def validate_rows(
     chosen_key: str = "chosen",
     rejected_key: str = "rejected",
     drop_invalid: bool = False,
+    known: dict[int, str] | None = None,
 ) -> tuple[list[PreferencePair], dict[str, float]]:
     """Check every row and build pairs.
 
-    Missing columns are always an error. Empty or non-string responses are an error naming the
-    rows, unless `drop_invalid` (then they are dropped and counted). Pairs whose chosen equals
-    rejected carry no preference: they are dropped and counted. No usable pair left is an error.
+    Missing columns are always an error. Empty or non-string responses, and the rows a source
+    found wrong itself (`known`: row -> what is wrong), are an error naming the rows, unless
+    `drop_invalid` (then they are dropped and counted). Pairs whose chosen equals rejected carry no
+    preference: they are dropped and counted. No usable pair left is an error.
     """
+    known = known or {}
     if not rows:
         raise AnatomyError(f"{source}: no rows found")
     keys = [k for k in (prompt_key, chosen_key, rejected_key) if k]
@@ -106,6 +109,9 @@ def validate_rows(
     invalid: list[str] = []
     identical = 0
     for i, row in enumerate(rows):
+        if i in known:
+            invalid.append(f"row {i}: {known[i]}")
+            continue
         if not isinstance(row, dict) or any(k not in row for k in keys):
             invalid.append(f"row {i}: missing one of {keys}")
             continue

@@ -41,7 +41,8 @@ def balance(d: np.ndarray, n_bins: int) -> np.ndarray:
     for group in merged:
         pos, neg = group[d[group] > 0], group[d[group] < 0]
         if len(pos) == 0 or len(neg) == 0:
-            raise AnatomyError("data_reweighting: the blocked concept never favours rejected: cannot balance it")
+            never = "chosen" if len(pos) == 0 else "rejected"
+            raise AnatomyError(f"data_reweighting: the blocked concept never favours {never}: cannot balance it")
         weights[pos] = len(group) / (2 * len(pos))
         weights[neg] = len(group) / (2 * len(neg))
     return weights

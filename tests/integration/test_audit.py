@@ -270,7 +270,7 @@ def test_a_pretrained_sae_loads_through_the_sae_lens_registry_as_the_trained_one
 
 def test_hh_rlhf(shared_data, tmp_path):
     metrics, out = run_study(tmp_path, *hh_rlhf_small(shared_data), *AUDIT)
-    assert metrics["data/rows"] == 2312 and metrics["data/dropped_invalid"] == 4
+    assert metrics["data/rows"] == 2312 and metrics["data/dropped_invalid"] == 9 and metrics["data/prompt_mismatch"] == 5
     assert metrics["data/train"] + metrics["data/heldout"] == 200
     assert metrics["audit/n_tested"] > 0
     assert pd.read_csv(out / "hypotheses.csv").shape[0] == metrics["audit/n_tested"]

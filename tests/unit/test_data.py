@@ -555,17 +555,18 @@ def test_hh_rlhf_prompt_splitting_on_a_handmade_file(tmp_path):
     data = HHRLHFData(path=str(path), max_pairs=None, seed=0).load()
     pairs = data.train + data.heldout
     assert data.report["data/rows"] == 13.0
-    assert data.report["data/dropped_invalid"] == 2.0
+    assert data.report["data/dropped_invalid"] == 3.0  # (the rows whose prompts differ are among them)
     assert data.report["data/prompt_mismatch"] == 1.0
-    assert data.report["data/pairs"] == 11.0 and len(pairs) == 11
+    assert data.report["data/pairs"] == 10.0 and len(pairs) == 10
+    assert not {" a", " b"} & ({p.chosen for p in pairs} | {p.rejected for p in pairs})
     by_reply = {p.chosen: p for p in pairs}
     p3 = by_reply[" good reply 3"]
     assert p3.prompt == "\n\nHuman: question 3\n\nAssistant: earlier answer 3\n\nHuman: follow-up 3\n\nAssistant:"
     assert p3.rejected == " bad reply 3"
     assert all(p.prompt.endswith(MARKER) for p in pairs)
-    assert by_reply[" a"].prompt.endswith("alpha" + MARKER)  # a mismatched pair keeps chosen's prompt
 
-    with pytest.raises(AnatomyError, match=r"2 invalid row\(s\): row 10: chosen is empty; row 11: chosen is not a string"):
+    with pytest.raises(AnatomyError, match=r"3 invalid row\(s\): row 10: chosen is empty; row 11: no .* turn in chosen; "
+                                           "row 12: chosen and rejected end in different dialogues"):
         HHRLHFData(path=str(path), max_pairs=None, drop_invalid=False).load()
     small = HHRLHFData(path=str(path), max_pairs=5, seed=0).load()
     assert len(small.train) + len(small.heldout) == 5
@@ -596,15 +597,16 @@ def test_hh_rlhf_harmless_base_test_file(shared_data):
     data = HHRLHFData(path=str(path), max_pairs=None, seed=0).load()
     pairs = data.train + data.heldout
     assert data.report["data/rows"] == 2312.0
-    assert data.report["data/dropped_invalid"] == 4.0
-    assert data.report["data/pairs"] == 2308.0 and len(pairs) == 2308
+    assert data.report["data/dropped_invalid"] == 9.0  # 4 empty final responses, 5 pairs of differing dialogues
+    assert data.report["data/prompt_mismatch"] == 5.0
+    assert data.report["data/pairs"] == 2303.0 and len(pairs) == 2303
     assert all(p.prompt.endswith("\n\nAssistant:") for p in pairs)
     assert all(p.prompt.startswith("\n\nHuman:") for p in pairs)
     assert all(p.chosen.strip() and p.rejected.strip() and MARKER not in p.chosen for p in pairs)
     assert not {p.prompt for p in data.train} & {p.prompt for p in data.heldout}
     assert abs(len(data.heldout) / len(pairs) - 0.2) < 0.02
-    # Without drop_invalid the four rows are an error that names them.
-    with pytest.raises(AnatomyError, match=r"4 invalid row\(s\): row 86: chosen is empty"):
+    # Without drop_invalid the nine rows are an error that names them.
+    with pytest.raises(AnatomyError, match=r"9 invalid row\(s\): row \d+: "):
         HHRLHFData(path=str(path), max_pairs=None, drop_invalid=False).load()
     # The default caps the pairs with a seeded sample.
     capped = HHRLHFData(path=str(path), seed=0).load()

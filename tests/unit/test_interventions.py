@@ -490,9 +490,11 @@ def test_balance_without_an_active_pair_is_all_ones():
     np.testing.assert_array_equal(balance(np.zeros(5), 4), np.ones(5))
 
 
-def test_balance_errors_when_the_concept_never_favours_rejected():
+def test_balance_errors_when_the_concept_never_favours_one_side():
     with pytest.raises(AnatomyError, match="never favours rejected"):
         balance(np.array([0.5, 1.0, 0.0, 2.0, 3.0]), 2)
+    with pytest.raises(AnatomyError, match="never favours chosen"):
+        balance(-np.array([0.5, 1.0, 0.0, 2.0, 3.0]), 2)
 
 
 def _reweight_features(seed=0):
