@@ -67,7 +67,8 @@ def score(named: list[str | None], concepts: list[Concept]) -> dict[str, float]:
 
 def group_purity(named: list[str | None], groups: list[int]) -> float:
     """audit/group_purity: of the hypotheses naming a concept, the share whose group's most named
-    concept (a tie: the one its strongest member names) is theirs; NaN when none names one.
+    concept (a tie: the one named first in the order given, the table's: smallest p first) is
+    theirs; NaN when none names one.
     Hypotheses without a group (None or NaN: beyond the grouping cap) are left out."""
     kept = [(name, int(g)) for name, g in zip(named, groups) if isinstance(name, str) and g is not None and g == g]
     by_group: dict[int, list[str]] = {}
