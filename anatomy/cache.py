@@ -8,6 +8,7 @@ The root is `$ANATOMY_CACHE` (default `~/.cache/anatomy`); clear it with `rm -rf
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import json
@@ -112,6 +113,7 @@ def cached_dir(stage: str, key: object, build: Callable[[Path], None]) -> tuple[
     """Return (folder, hit): the entry for `key`, built by `build(tmp_folder)` if absent."""
     if os.environ.get("ANATOMY_NO_CACHE"):  # every stage computed afresh (benchmarks, debugging)
         folder = Path(tempfile.mkdtemp(prefix=f"anatomy-{stage}-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)  # read until the process ends, then gone
         build(folder)
         return folder, False
     root = cache_root() / stage

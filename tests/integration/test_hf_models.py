@@ -67,7 +67,10 @@ def test_a_local_hf_model_runs_the_whole_loop(tmp_path, arch, point, trainer, in
     assert metrics["intervention/n_directions"] == 3
     assert 0 < metrics[f"intervention/edit_energy/{hook}"] < 1
     assert metrics["train/steps"] == 4.0
-    assert 0 <= metrics["eval/heldout_accuracy"] <= 1 and "eval/shift/markdown" in metrics
+    heldout = pd.read_csv(out / "heldout.csv")  # the accuracy is that of the margins it wrote, pair by pair
+    assert len(heldout) == metrics["data/heldout"] and "eval/shift/markdown" in metrics
+    assert metrics["eval/heldout_accuracy"] == pytest.approx(heldout["correct"].mean())
+    assert ((heldout["margin"] > 0) == (heldout["correct"] == 1)).all()
     saved = json.loads((out / "model" / "config.json").read_text())
     assert saved["model_type"] == arch
     assert saved["architectures"] == (["GPTNeoXForCausalLM"] if trainer == "dpo" else ["GPT2ForSequenceClassification"])

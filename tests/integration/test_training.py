@@ -625,6 +625,9 @@ def test_dpo_with_feature_ablation_on_hh_rlhf(shared_data, tmp_path):
     # TRL drops the pairs whose prompt alone fills trainer.max_length (long HH-RLHF dialogues): counted
     assert metrics["train/pairs"] + metrics["train/pairs_too_long"] == metrics["data/train"]
     assert metrics["train/pairs"] > 0.5 * metrics["data/train"]
-    assert 0.0 <= metrics["eval/heldout_accuracy"] <= 1.0 and metrics["eval/heldout_accuracy_before"] == 0.5
+    assert metrics["eval/heldout_accuracy_before"] == 0.5
+    heldout = pd.read_csv(out / "heldout.csv")  # the accuracy is that of the margins it wrote, pair by pair
+    assert len(heldout) == metrics["data/heldout"]
+    assert metrics["eval/heldout_accuracy"] == pytest.approx(heldout["correct"].mean())
     assert not any(k.startswith("eval/shift/") for k in metrics)  # HH-RLHF has no probe pairs
     assert (out / "model" / "config.json").is_file()

@@ -66,3 +66,19 @@ def test_stage_code_follows_the_package_code_a_stage_uses(monkeypatch):
     monkeypatch.setitem(sys.modules, edited.__name__, edited)
     assert stage_code(top.__name__) != before
 
+
+
+def test_without_the_cache_a_stage_folder_lasts_until_the_process_ends(tmp_path):
+    """ANATOMY_NO_CACHE builds every stage in a temporary folder, readable while the process runs
+    and removed when it exits (a benchmark or test run leaves nothing behind in the temp dir)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = ("from pathlib import Path\nfrom anatomy.cache import cached_dir\n"
+              "folder, hit = cached_dir('stage', {'x': 1}, lambda f: (f / 'value').write_text('1'))\n"
+              "assert not hit and (folder / 'value').read_text() == '1'\nprint(folder)\n")
+    env = {**os.environ, "ANATOMY_NO_CACHE": "1", "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    folder = Path(out.stdout.strip())
+    assert folder.parent == tmp_path and folder.name.startswith("anatomy-stage-") and not folder.exists()
