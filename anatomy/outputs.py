@@ -331,7 +331,8 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
             row = f"{c:>16} {metrics[f'eval/shift/{c}']:>+9.2f} {'' if onset is None else f'{onset:>+7.2f}':>7}"
             if has_base:
                 base, red = metrics.get(f"eval/baseline/shift/{c}"), metrics.get(f"eval/shift_reduction/{c}")
-                row += f" {'' if base is None else f'{base:>+16.2f}':>16} {'' if red is None else f'{red:>9.0%}':>9}"
+                reduction = ("" if base is None else "n/a") if red is None else f"{red:>9.0%}"  # n/a: no-intervention within 2 s.e. of 0
+                row += f" {'' if base is None else f'{base:>+16.2f}':>16} {reduction:>9}"
             same = metrics.get(f"eval/heldout_accuracy_same/{c}")
             row += f" {'' if same is None else f'{same:>9.3f}':>9}"
             base_same = metrics.get(f"eval/baseline/heldout_accuracy_same/{c}")

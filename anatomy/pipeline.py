@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from anatomy.cache import cached_dir, code_digest, stage_code
 from anatomy.errors import AnatomyError, check_types
 from anatomy.eval import NoEval
+from anatomy.eval.accuracy import distinct_from_zero
 from anatomy.eval.evaluate import accuracy_change
 from anatomy.interventions import NoIntervention
 from anatomy.interventions.plan import Plan, edit_energy, planted_balance
@@ -327,8 +328,8 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
         if data.validation:
             metrics.update(accuracy_change(val_margins, base_val_margins, split="validation"))
         for key, value in list(base.items()):
-            if key.startswith("eval/baseline/shift/") and abs(value) > 1e-9:
-                concept = key.rsplit("/", 1)[-1]
+            concept = key.rsplit("/", 1)[-1]
+            if key.startswith("eval/baseline/shift/") and distinct_from_zero(value, base.get(f"eval/baseline/shift_se/{concept}")):
                 metrics[f"eval/shift_reduction/{concept}"] = 1.0 - metrics[f"eval/shift/{concept}"] / value
     write_margins(out_dir, "heldout", data.heldout, margins, base_margins)
     write_margins(out_dir, "validation", data.validation, val_margins, base_val_margins)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from anatomy.eval.accuracy import mean_change
+from anatomy.eval.accuracy import distinct_from_zero, mean_change
 
 # The parts of a job's environment.json that can change its numbers (packages are compared one by one).
 ENVIRONMENT = ("cpu", "torch_cpu_capability", "device", "cuda", "code")
@@ -96,6 +96,7 @@ def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], swee
     if not is_base.any():
         raise SystemExit(f"anatomy-report: no finished job has {against}")
     bases = signature[is_base]
+    metrics = metrics + [se for se in map(_se_of, metrics) if se and se in table.columns and se not in metrics]
     baseline = pd.DataFrame(float("nan"), index=table.index, columns=[f"baseline/{m}" for m in metrics])
     table = table.copy()
     for change in CHANGES.values():  # a job's own (in-run baseline) stays; others are paired below
@@ -150,8 +151,10 @@ def summarize(table: pd.DataFrame, metrics: list[str], over: list[str]) -> pd.Da
         out[m] = [f"{a:+.3f} ± {b:.3f}" if pd.notna(b) else f"{a:+.3f}" for a, b in zip(mean[m], sd[m])]
     for m in (m for m in present if f"baseline/{m}" in ok.columns):
         shift = m.startswith("eval/shift")
+        se = f"baseline/{_se_of(m)}" if shift and f"baseline/{_se_of(m)}" in ok.columns else None
         out[f"{m} {'reduction' if shift else 'ratio'}"] = [
-            _versus(rows[m].to_numpy(), rows[f"baseline/{m}"].to_numpy(), shift) for _, rows in grouped]
+            _versus(rows[m].to_numpy(), rows[f"baseline/{m}"].to_numpy(), shift,
+                    None if se is None else rows[se].to_numpy()) for _, rows in grouped]
     for change in CHANGES.values():
         if change in ok.columns and f"{change}_se" in ok.columns and ok[change].notna().any():
             out[f"{change} (per job ± paired s.e.)"] = [_per_job(rows[change], rows[f"{change}_se"])
@@ -167,19 +170,28 @@ def _per_job(values: pd.Series, errors: pd.Series) -> str:
     return f"{np.mean([v for v, _ in pairs]):+.3f} ({', '.join(f'{v:+.3f} ± {e:.3f}' for v, e in pairs)})"
 
 
-def _versus(values, baselines, reduction: bool) -> str:
+def _se_of(metric: str) -> str | None:
+    """The standard error's column of a learned shift: eval/shift_onset/x -> eval/shift_onset_se/x."""
+    parts = metric.split("/")
+    return "/".join([parts[0], parts[1] + "_se", *parts[2:]]) if metric.startswith("eval/shift") and len(parts) > 2 else None
+
+
+def _versus(values, baselines, reduction: bool, errors=None) -> str:
     """1 - value / baseline for a reduction, value / baseline otherwise: of the group's means (over
-    the jobs that have a baseline), then per job, as "92% (57%, 112%, 119%)"."""
-    def one(v, b):
-        if not (pd.notna(v) and pd.notna(b)) or b == 0:
+    the jobs that have a baseline), then per job, as "92% (57%, 112%, 119%)". A reduction is "n/a"
+    where the baseline is within 2 of its standard errors (`errors`, per job) of 0."""
+    def one(v, b, e=None):
+        if not (pd.notna(v) and pd.notna(b)) or b == 0 or (reduction and not distinct_from_zero(b, e)):
             return "n/a"
         return f"{1 - v / b:.0%}" if reduction else f"{v / b:.2f}"
 
-    paired = [(v, b) for v, b in zip(values, baselines) if pd.notna(b)]
+    errors = np.full(len(values), np.nan) if errors is None else np.asarray(errors, dtype=float)
+    paired = [(v, b, e) for v, b, e in zip(values, baselines, errors) if pd.notna(b)]
     if not paired:
         return ""
-    v, b = np.array(paired, dtype=float).T
-    return f"{one(v.mean(), b.mean())} ({', '.join(one(x, y) for x, y in paired)})"
+    v, b, e = np.array(paired, dtype=float).T
+    mean_se = np.sqrt((e**2).sum()) / len(e) if np.isfinite(e).all() else None  # the s.e. of the baselines' mean
+    return f"{one(v.mean(), b.mean(), mean_se)} ({', '.join(one(x, y, z) for x, y, z in paired)})"
 
 
 def main(argv: list[str] | None = None) -> None:

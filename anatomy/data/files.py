@@ -18,20 +18,24 @@ def detect_format(path: Path) -> str:
     return {"jsonl": "jsonl", "ndjson": "jsonl", "json": "json", "csv": "csv", "parquet": "parquet", "pq": "parquet"}.get(ext, "")
 
 
-def read_rows(path: str, fmt: str = "auto") -> list[dict]:
-    """Every row of the file as a dict; errors name the file and, for JSON Lines, the line."""
+def read_rows(path: str, fmt: str = "auto", option: str = "data.path") -> list[dict]:
+    """Every row of the file as a dict; errors name the file (as `option`, the config key that gave
+    it) and, for JSON Lines, the line. Text is UTF-8, with or without a byte-order mark; a .json file
+    that holds JSON Lines (as `Dataset.to_json` writes) is read as such."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise AnatomyError(f"data.path={path!r}: file does not exist")
+        raise AnatomyError(f"{option}={path!r}: file does not exist")
     if fmt not in FORMATS:
         raise AnatomyError(f"data.format must be one of {FORMATS}, got {fmt!r}")
     fmt = detect_format(file) if fmt == "auto" else fmt
     if not fmt:
-        raise AnatomyError(f"data.path={path!r}: cannot tell the format from the name; set data.format to one of {FORMATS[1:]}")
+        fix = ("set data.format to one of " + str(FORMATS[1:]) if option == "data.path" else
+               "name it .jsonl, .json, .csv or .parquet (optionally .gz)")
+        raise AnatomyError(f"{option}={path!r}: cannot tell the format from the name; {fix}")
     try:
         raw = gzip.decompress(file.read_bytes()) if file.suffix.lower() == ".gz" else file.read_bytes()
     except (OSError, EOFError) as err:
-        raise AnatomyError(f"data.path={path!r}: cannot read it ({err})") from err
+        raise AnatomyError(f"{option}={path!r}: cannot read it ({err})") from err
     try:
         if fmt == "parquet":
             import pandas as pd
@@ -41,19 +45,23 @@ def read_rows(path: str, fmt: str = "auto") -> list[dict]:
             import pandas as pd
 
             return pd.read_csv(io.BytesIO(raw), keep_default_na=False, dtype=str).to_dict("records")
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # (a byte-order mark, as Windows tools write, is dropped)
     except AnatomyError:
         raise
     except Exception as err:  # pandas / pyarrow / decoding errors all mean "does not parse"
-        raise AnatomyError(f"data.path={path!r}: does not parse as {fmt} ({err.__class__.__name__}: {err})") from err
+        raise AnatomyError(f"{option}={path!r}: does not parse as {fmt} ({err.__class__.__name__}: {err})") from err
     if fmt == "json":
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as err:
-            raise AnatomyError(f"data.path={path!r}: does not parse as JSON ({err})") from err
-        if not isinstance(rows, list):
-            raise AnatomyError(f"data.path={path!r}: expected a JSON array of objects, got {type(rows).__name__}")
-        return rows
+            if err.msg != "Extra data":
+                raise AnatomyError(f"{option}={path!r}: does not parse as JSON ({err})") from err
+            rows = None  # one value, then more: JSON Lines under a .json name
+        if rows is not None and not isinstance(rows, list):
+            raise AnatomyError(f"{option}={path!r}: expected a JSON array of objects (or JSON Lines), "
+                               f"got {type(rows).__name__}")
+        if rows is not None:
+            return rows
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -61,5 +69,5 @@ def read_rows(path: str, fmt: str = "auto") -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise AnatomyError(f"data.path={path!r}: line {number} does not parse as JSON ({err.msg})") from err
+            raise AnatomyError(f"{option}={path!r}: line {number} does not parse as JSON ({err.msg})") from err
     return rows

@@ -47,9 +47,9 @@ class LocalData:
             raise AnatomyError("data=local needs a file: data.path=FILE")
         rows = read_rows(self.path, self.format)
         prompt_key = self.prompt_key
-        if prompt_key and rows and isinstance(rows[0], dict) and prompt_key not in rows[0]:
+        if prompt_key and not any(isinstance(row, dict) and prompt_key in row for row in rows):
             log.warning("%s: no %r column; treating every prompt as empty", self.path, prompt_key)
-            prompt_key = None
+            prompt_key = None  # (some rows with it, some without: those without are invalid rows)
         pairs, report = validate_rows(rows, self.path, prompt_key, self.chosen_key, self.rejected_key, self.drop_invalid)
         return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)
 

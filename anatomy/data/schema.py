@@ -99,7 +99,7 @@ def validate_rows(
     first = rows[0]
     if not isinstance(first, dict):
         raise AnatomyError(f"{source}: row 0 is {type(first).__name__}, expected an object with columns {keys}")
-    missing = [k for k in keys if k not in first]
+    missing = [k for k in keys if not any(isinstance(row, dict) and k in row for row in rows)]  # in no row at all
     if missing:
         raise AnatomyError(
             f"{source}: missing column(s) {missing}; found {sorted(first)}. "
@@ -116,7 +116,7 @@ def validate_rows(
             invalid.append(f"row {i}: missing one of {keys}")
             continue
         prompt = row[prompt_key] if prompt_key else ""
-        prompt = "" if prompt is None else prompt
+        prompt = "" if _is_null(prompt) else prompt
         problems = [
             f"{k} is {_describe(row[k])}"
             for k in (chosen_key, rejected_key)
@@ -150,9 +150,18 @@ def validate_rows(
     return pairs, report
 
 
+def _is_null(value: object) -> bool:
+    """JSON's null, or pandas' NaN for a missing cell (Parquet)."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def _describe(value: object) -> str:
     if isinstance(value, str):
         return "empty"
+    if _is_null(value):
+        return "null"
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        return "a conversation (a list of {role, content} messages): give the response's text as a string"
     return f"not a string ({type(value).__name__})"
 
 

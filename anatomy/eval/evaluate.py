@@ -70,10 +70,7 @@ def load_probes(path: str) -> list[Probe]:
 
 def _read_probes(path: str) -> tuple[list[Probe], bool]:
     """`load_probes`, and whether any row was a model-written evaluation (named after the file)."""
-    try:
-        rows = read_rows(path)
-    except AnatomyError as err:
-        raise AnatomyError(str(err).replace("data.path=", "eval.probes=", 1)) from None
+    rows = read_rows(path, option="eval.probes")
     behaviour = behaviour_name(path)
     probes, named_after_file = [], False
     for i, row in enumerate(rows):

@@ -125,3 +125,13 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
+
+
+def check_settings(trainer) -> None:
+    """The numbers every trainer needs in range, each wrong one named with its value."""
+    rules = {"beta": (lambda v: v > 0, "> 0"), "lr": (lambda v: v > 0, "> 0"), "epochs": (lambda v: v > 0, "> 0"),
+             "batch_size": (lambda v: v >= 1, ">= 1"), "max_steps": (lambda v: v >= 0, ">= 0 (0: epochs decide)")}
+    wrong = [f"trainer.{name}={getattr(trainer, name)} (must be {need})" for name, (ok, need) in rules.items()
+             if hasattr(trainer, name) and not ok(getattr(trainer, name))]
+    if wrong:
+        raise AnatomyError("; ".join(wrong))

@@ -23,7 +23,7 @@ from trl import DPOConfig, DPOTrainer
 
 from anatomy.cache import cached_dir, stage_code
 from anatomy.errors import AnatomyError
-from anatomy.trainers.common import Trained, WeightColumn, fit, frozen_copy, nothing_fits, trl_args, weighted_rows
+from anatomy.trainers.common import check_settings, Trained, WeightColumn, fit, frozen_copy, nothing_fits, trl_args, weighted_rows
 
 
 TOO_LONG = "whose prompt alone fills"  # TRL's DPO drops those; it cuts the others to max_length
@@ -125,8 +125,7 @@ class DPO:
     enabled: bool = True  # this option trains
 
     def __post_init__(self):
-        if self.beta <= 0 or self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1 or self.max_steps < 0:
-            raise AnatomyError("trainer: beta, lr and epochs must be positive, batch_size >= 1 and max_steps >= 0")
+        check_settings(self)
 
     def train(self, model, pairs, plan) -> Trained:
         from datasets import Dataset

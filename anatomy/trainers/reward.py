@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from trl import RewardConfig, RewardTrainer
 
-from anatomy.errors import AnatomyError
-from anatomy.trainers.common import Trained, WeightColumn, fit, frozen_copy, trl_args, weighted_rows
+from anatomy.trainers.common import check_settings, Trained, WeightColumn, fit, frozen_copy, trl_args, weighted_rows
 
 
 class WeightedRewardTrainer(WeightColumn, RewardTrainer):
@@ -53,8 +52,7 @@ class RewardModel:
     enabled: bool = True  # this option trains
 
     def __post_init__(self):
-        if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1 or self.max_steps < 0:
-            raise AnatomyError("trainer: lr and epochs must be positive, batch_size >= 1 and max_steps >= 0")
+        check_settings(self)
 
     def train(self, model, pairs, plan) -> Trained:
         from datasets import Dataset

@@ -155,7 +155,7 @@ def test_empty_or_non_string_responses_name_the_rows(tmp_path, fresh_cache):
     assert "3 invalid row(s)" in msg
     assert "row 2: chosen is empty" in msg
     assert "row 3: rejected is not a string (int)" in msg
-    assert "row 4: chosen is not a string (NoneType)" in msg
+    assert "row 4: chosen is null" in msg
     assert "data.drop_invalid=true" in msg
 
 

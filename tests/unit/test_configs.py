@@ -143,3 +143,16 @@ def test_combinations_that_cannot_work_fail_or_warn_when_the_stages_are_built(ca
         build(compose("intervention=feature_steering", "trainer=reward_model"))
     (warned,) = [r.getMessage() for r in caplog.records]
     assert "feature_steering with trainer=reward_model" in warned and "data_reweighting" in warned
+
+
+def test_a_trainer_setting_out_of_range_is_named_with_its_value():
+    from anatomy.errors import AnatomyError
+    from anatomy.trainers.dpo import DPO
+    from anatomy.trainers.reward import RewardModel
+
+    with pytest.raises(AnatomyError, match=r"^trainer.max_steps=-1 \(must be >= 0"):
+        DPO(max_steps=-1)
+    with pytest.raises(AnatomyError, match=r"trainer.beta=0.0 \(must be > 0\); trainer.batch_size=0 \(must be >= 1\)"):
+        DPO(beta=0.0, batch_size=0)
+    with pytest.raises(AnatomyError, match=r"^trainer.lr=-0.1 \(must be > 0\)$"):
+        RewardModel(lr=-0.1)

@@ -105,7 +105,7 @@ def test_read_rows_errors(tmp_path):
         read_rows(str(tmp_path / "nope.jsonl"))
     obj = tmp_path / "obj.json"
     obj.write_text(json.dumps({"chosen": "a", "rejected": "b"}))
-    with pytest.raises(AnatomyError, match="expected a JSON array of objects, got dict"):
+    with pytest.raises(AnatomyError, match=r"expected a JSON array of objects \(or JSON Lines\), got dict"):
         read_rows(str(obj))
     bad = tmp_path / "bad.json"
     bad.write_text("[{]")
@@ -119,6 +119,41 @@ def test_read_rows_errors(tmp_path):
     bad_pq.write_bytes(b"PAR1 this is not parquet PAR1")
     with pytest.raises(AnatomyError, match="does not parse as parquet"):
         read_rows(str(bad_pq))
+
+
+def test_read_rows_takes_json_lines_named_json_a_byte_order_mark_and_names_the_option(tmp_path):
+    """`Dataset.to_json` writes JSON Lines to a .json name; Windows tools write a byte-order mark;
+    a probe file's errors name eval.probes and say how to name it."""
+    lines = tmp_path / "pairs.json"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert read_rows(str(lines)) == ROWS
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes("".join(json.dumps(r) + "\n" for r in ROWS).encode("utf-8-sig"))
+    assert read_rows(str(bom)) == ROWS
+    (tmp_path / "probes.txt").write_text("x")
+    with pytest.raises(AnatomyError, match=r"eval.probes='.*probes.txt': cannot tell the format from the name; "
+                                           r"name it \.jsonl"):
+        read_rows(str(tmp_path / "probes.txt"), option="eval.probes")
+
+
+def test_a_prompt_missing_from_the_first_row_only_is_that_row_s_problem(tmp_path):
+    """Whether the file has prompts is read from every row: a first row without one is an invalid row,
+    not a reason to drop every prompt; nulls read from Parquet (NaN) are nulls, as in JSON Lines."""
+    rows = [dict(r) for r in ROWS]
+    del rows[0]["prompt"]
+    path = _write(tmp_path / "p.jsonl", rows, "jsonl", False)
+    with pytest.raises(AnatomyError, match=r"1 invalid row\(s\): row 0: missing one of \['prompt'"):
+        LocalData(path=str(path)).load()
+    pairs, report = validate_rows(rows, "src", drop_invalid=True)
+    assert report["data/dropped_invalid"] == 1.0 and [p.prompt for p in pairs] == [r["prompt"] for r in ROWS[1:]]
+    nan_prompt = [{**ROWS[0], "prompt": float("nan")}, {**ROWS[1], "chosen": float("nan")}]
+    pairs, report = validate_rows(nan_prompt, "src", drop_invalid=True)
+    assert pairs == [PreferencePair("", ROWS[0]["chosen"], ROWS[0]["rejected"])] and report["data/dropped_invalid"] == 1
+    with pytest.raises(AnatomyError, match="row 1: chosen is null"):
+        validate_rows(nan_prompt, "src")
+    chat = [{"prompt": "p", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}]
+    with pytest.raises(AnatomyError, match=r"chosen is a conversation \(a list of \{role, content\} messages\)"):
+        validate_rows(chat, "src")
 
 
 # -- validate_rows -----------------------------------------------------------------------------
@@ -169,7 +204,7 @@ def test_validate_rows_invalid_rows_are_named_or_dropped_and_counted():
     assert "5 invalid row(s)" in msg
     assert "row 1: chosen is empty" in msg
     assert "row 2: rejected is not a string (int)" in msg
-    assert "row 3: chosen is empty, rejected is not a string (NoneType)" in msg
+    assert "row 3: chosen is empty, rejected is null" in msg
     assert "row 4: prompt is not a string (int)" in msg
     assert "row 5: missing one of" in msg
     assert "row 0" not in msg and "row 6" not in msg

@@ -290,3 +290,12 @@ def test_the_accuracy_change_is_paired_on_the_same_pairs():
     assert out["eval/heldout_accuracy_change"] == pytest.approx(change.mean())
     assert out["eval/heldout_accuracy_change_se"] == pytest.approx(change.std(ddof=1) / 2)
     assert accuracy_change(after, before[:3]) == {} and accuracy_change(after[:1], before[:1]) == {}
+
+
+def test_a_reduction_needs_a_baseline_clear_of_zero():
+    from anatomy.eval.accuracy import distinct_from_zero
+
+    assert distinct_from_zero(1.25, 0.1) and distinct_from_zero(-0.3, 0.15)  # 2 s.e. exactly counts
+    assert not distinct_from_zero(0.02, 0.05) and not distinct_from_zero(0.0, None)
+    assert distinct_from_zero(0.02, None) and distinct_from_zero(0.02, float("nan"))  # no s.e.: merely nonzero
+    assert not distinct_from_zero(float("nan"), 0.1)

@@ -52,6 +52,19 @@ def test_against_baseline_pairs_each_job_with_its_seed(sweep):
     assert "failed jobs: failed (no metrics.json)" in summary
 
 
+def test_a_reduction_of_a_baseline_within_noise_of_zero_is_not_given(sweep):
+    """With the shifts' standard errors in the jobs' metrics, a baseline shift within 2 of them of 0
+    gives "n/a", per job and for the mean, instead of a huge percentage of noise."""
+    for name, se in (("0", 1.5), ("2", 0.1), ("4", 0.1)):  # none at seeds 2 (shift 2.0), 10 (1.0), 0 (4.0)
+        metrics = json.loads((sweep / name / "metrics.json").read_text())
+        (sweep / name / "metrics.json").write_text(json.dumps({**metrics, "eval/shift_se/markdown": se}))
+    report([str(sweep), "--metrics", "eval/shift/markdown", "--against", "intervention=none"])
+    summary = (sweep / "report.md").read_text()
+    assert "86% (75%, n/a, 200%)" in summary  # seed 2's +2.0 is within 2 x 1.5 of 0; the mean's s.e. is 0.50
+    table = pd.read_csv(sweep / "report.csv")
+    assert table["baseline/eval/shift_se/markdown"].notna().sum() == 4  # the three ablation jobs and filtering
+
+
 def test_a_job_that_failed_after_its_audit_is_neither_averaged_nor_a_baseline(sweep):
     """The pipeline writes metrics.json (audit/*) before training; a job that then failed has its
     error.txt, and the report counts it as failed, not as a finished job with fewer metrics."""
