@@ -68,6 +68,9 @@ def build(cfg: DictConfig) -> Stages:
                            "set select.block=[...], select.amplify=[...] or select.verdicts=FILE (only data=synthetic "
                            "sets a default, its planted markdown). On your data, audit first with trainer=none "
                            "intervention=none eval=none and read hypotheses.md")
+    if trains and not acts and stages.select.verdicts:  # (select.block may be data=synthetic's default: not said)
+        log.warning("select.verdicts=%s is not applied: intervention=none trains without intervention; set "
+                    "intervention=data_reweighting (or another) to act on its decisions", stages.select.verdicts)
     if trains and isinstance(stages.eval, NoEval):
         log.warning("trainer is set but eval=none: the trained model is saved, nothing is measured")
     if trains and isinstance(stages.intervention, FeatureSteering):
@@ -166,7 +169,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         sae, hit = stages.sae.load(model, texts, model.key)
     metrics["cache/sae"] = float(hit)
     check_points(model.model, [sae.hook])  # a pretrained or local SAE's own hook, before featurize
-    stages.select.check_sae(sae.fingerprint)  # a verdicts file written for this SAE, not another
+    stages.select.check_sae(sae.fingerprint, sae.d_sae)  # a verdicts file written for this SAE, not another
     metrics.update({"sae/d_sae": float(sae.d_sae), "sae/d_in": float(sae.d_in)})
     with timer("features"):
         feats, hit, features_key = stages.featurize.cached(model, sae, data.train)

@@ -65,9 +65,17 @@ class Select:
         if self.verdicts:
             self._verdicts()
 
-    def check_sae(self, fingerprint: str) -> None:
+    def check_sae(self, fingerprint: str, d_sae: int | None = None) -> None:
         """A verdicts file written by a run (its `sae:` line) applies to that run's SAE only: in another,
-        the same ids are other features. Checked once the SAE is loaded, before the audit."""
+        the same ids are other features; and no id, in it or in select.block / amplify, is beyond the
+        SAE's `d_sae` features. Checked once the SAE is loaded, before the audit."""
+        if d_sae is not None:
+            ids = [i for i in self.block + self.amplify if isinstance(i, int)]
+            ids += list(self._verdicts()) if self.verdicts else []
+            beyond = sorted({i for i in ids if not 0 <= i < d_sae})
+            if beyond:
+                raise AnatomyError(f"select: feature id(s) {beyond[:5]} are not features of this SAE, which has "
+                                   f"{d_sae} (ids 0-{d_sae - 1})")
         written_for = self._verdicts_file.get("sae") if self.verdicts else None
         if written_for is not None and str(written_for) != fingerprint:
             raise AnatomyError(

@@ -89,6 +89,9 @@ def _read_probes(path: str) -> tuple[list[Probe], bool]:
             raise AnatomyError(f"eval.probes={path!r}: row {i} has an empty or non-string field")
         if row["prompt"] is not None and not isinstance(row["prompt"], str):
             raise AnatomyError(f"eval.probes={path!r}: row {i}: prompt is not a string")
+        if row["positive"] == row["negative"]:
+            raise AnatomyError(f"eval.probes={path!r}: row {i}: positive and negative are the same text, so they "
+                               "differ in no concept (its shift would be 0 whatever the model learned)")
         probes.append(Probe(row["concept"], row["prompt"] or "", row["positive"], row["negative"]))
     return probes, named_after_file
 

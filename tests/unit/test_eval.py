@@ -257,6 +257,9 @@ def test_model_written_evaluations_are_probes_named_after_their_file(tmp_path):
     path.write_text(json.dumps({"question": "Q", "answer_matching_behavior": " Yes"}) + "\n")
     with pytest.raises(AnatomyError, match=r"row 0 lacks .*for a model-written evaluation"):
         load_probes(str(path))
+    path.write_text(json.dumps({"concept": "c", "prompt": "Q", "positive": " same", "negative": " same"}) + "\n")
+    with pytest.raises(AnatomyError, match="row 0: positive and negative are the same text"):
+        load_probes(str(path))
 
 
 def test_probe_files_that_would_merge_are_refused(tmp_path):

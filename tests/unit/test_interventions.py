@@ -231,6 +231,12 @@ def test_the_verdicts_template_is_a_verdicts_file_that_gives_back_the_runs_selec
     (tmp_path / "verdicts.yaml").write_text(text.replace('sae: "0123456789"\n', ""))  # deleted: ids applied anyway
     Select(verdicts=path).check_sae("fedcba")
     Select().check_sae("fedcba")  # no verdicts file, nothing to check
+    # an id beyond the SAE's width, in the file or in select.block, fails before the audit
+    Select(verdicts=path, block=[7]).check_sae("fedcba", d_sae=10)
+    with pytest.raises(AnatomyError, match=r"feature id\(s\) \[9\] are not features of this SAE, which has 9 \(ids 0-8\)"):
+        Select(verdicts=path).check_sae("fedcba", d_sae=9)
+    with pytest.raises(AnatomyError, match=r"feature id\(s\) \[-1, 12\]"):
+        Select(block=[12, "genius", -1]).check_sae("fedcba", d_sae=10)
 
 
 def test_an_sae_fingerprint_is_its_decoder():
