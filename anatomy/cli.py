@@ -102,6 +102,16 @@ def rerun_settings(argv: list[str]) -> list[str]:
                 folder = arg.split("=", 1)[1]
     if folder is None or not (Path(folder) / "hydra.yaml").is_file():
         return []
+    groups = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
+    switched = [a for a in argv if "=" in a and a.lstrip("+~").split("=", 1)[0] in groups]
+    if switched:  # the record holds each group's resolved values, not the option's name: `trainer=dpo` would be a string
+        overrides, keys = Path(folder) / "overrides.yaml", {a.lstrip("+~").split("=", 1)[0] for a in switched}
+        recorded = " ".join(o for o in (OmegaConf.load(overrides) if overrides.is_file() else [])
+                            if o.lstrip("+~").split("=", 1)[0] not in keys | {"hydra.run.dir"})
+        raise SystemExit(f"anatomy: {' '.join(switched)}: a run's record cannot switch a config group ("
+                         f"{', '.join(groups)}); it holds the values the run resolved, not the option's name. "
+                         f"Set its keys instead (e.g. trainer.max_steps=...), or run the run's own command line "
+                         f"with the new option: anatomy {recorded} {' '.join(switched)}".rstrip())
     settings = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").hydra, resolve=False)
 
     def flat(node: dict, prefix: str):  # {"job": {"name": "anatomy"}} -> ("hydra.job.name", "anatomy")

@@ -129,6 +129,12 @@ def test_rerun_from_saved_config_reproduces_exactly(tmp_path):
                    "hydra.run.dir=first", cache=fresh)
     assert over.returncode == 1 and "hydra.run.dir=first already holds an earlier run" in over.stderr
     assert {p: p.read_bytes() for p in (tmp_path / "first").rglob("*") if p.is_file()} == record
+    # a record holds each group's values, not its option: switching a group from it is refused, with the way
+    switch = anatomy(tmp_path, "--config-path", str(tmp_path / "first" / ".hydra"), "--config-name", "config",
+                     "trainer=dpo", "hydra.run.dir=switched", cache=fresh)
+    assert switch.returncode == 1 and not (tmp_path / "switched").exists()
+    assert "trainer=dpo: a run's record cannot switch a config group" in switch.stderr
+    assert f"anatomy {' '.join(SMALL)} intervention=none eval=none trainer=dpo" in switch.stderr
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
