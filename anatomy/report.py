@@ -13,7 +13,8 @@ override and the same other overrides (the same seed; overrides under `KEY.` are
 `intervention.threshold` does not keep a filtering job from its `intervention=none` job). A learned
 shift (`eval/shift*`) gets its reduction, 1 - job / baseline; any other metric its ratio, job /
 baseline. The summary shows each as the value of the group's means, then the value per job in the
-order of the --over overrides: "92% (57%, 112%, 119%)". Where both jobs wrote `heldout.csv` for the
+order of the --over overrides: "92% (57%, 112%, 119%)"; a reduction is "n/a" where the baseline's shift
+is within 2 standard errors of 0. Where both jobs wrote `heldout.csv` for the
 same held-out pairs, the job's held-out accuracy change against its baseline job is paired pair by
 pair, with its standard error (`eval/heldout_accuracy_change`, `_se`), and listed per job:
 "-0.040 (-0.080 ± 0.021, -0.030 ± 0.018, -0.010 ± 0.015)"; so is the validation accuracy's
