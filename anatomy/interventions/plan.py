@@ -103,13 +103,14 @@ def mixed_direction(feature_ids: list[int], signs: list[float], features: Featur
     decoder direction and a_f its typical strength (mean pooled activation over the responses where
     it is active), and the mean of the a_f. -> (unit direction, typical activation)"""
     chosen, rejected = features.chosen.tocsc(), features.rejected.tocsc()
-    mix = torch.zeros(w_dec.shape[1])
+    mix = torch.zeros(w_dec.shape[1], device=w_dec.device)  # (on the SAE's device: a GPU's, too)
     strengths = []
     for f, sign in zip(feature_ids, signs):
         active = np.concatenate([chosen[:, [f]].data, rejected[:, [f]].data])
         strength = float(active.mean()) if len(active) else 1.0
         strengths.append(strength)
-        mix += sign * strength * w_dec[f] / w_dec[f].norm()
+        u = w_dec[f].float()
+        mix += sign * strength * u / u.norm()
     if mix.norm() == 0:
         raise AnatomyError("the selected features' directions cancel out (a zero direction)")
     return mix / mix.norm(), float(np.mean(strengths))

@@ -127,6 +127,17 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return ref
 
 
+def float32_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen float32 copy to train from (or score against): Adam's small updates do not take on
+    half-precision weights (bfloat16 rounds them away, float16 underflows), so a model loaded in
+    `model.dtype=bfloat16` / `float16` for the audit trains, and is measured, in float32."""
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:
+        log.info("training in float32: model.dtype=%s serves the audit; half-precision weights would not "
+                 "take the optimizer's small updates", str(dtype).removeprefix("torch."))
+    return frozen_copy(model).float()
+
+
 def check_settings(trainer) -> None:
     """The numbers every trainer needs in range, each wrong one named with its value."""
     rules = {"beta": (lambda v: v > 0, "> 0"), "lr": (lambda v: v > 0, "> 0"), "epochs": (lambda v: v > 0, "> 0"),

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
 import trl
 from trl import DPOConfig, DPOTrainer
 
 from anatomy.cache import cached_dir, stage_code
 from anatomy.errors import AnatomyError
-from anatomy.trainers.common import check_settings, Trained, WeightColumn, fit, frozen_copy, nothing_fits, trl_args, weighted_rows
+from anatomy.trainers.common import (Trained, WeightColumn, check_settings, fit, float32_copy, frozen_copy, nothing_fits,
+                                     trl_args, weighted_rows)
 
 
 TOO_LONG = "whose prompt alone fills"  # TRL's DPO drops those; it cuts the others to max_length
@@ -54,6 +56,8 @@ class WeightedDPOTrainer(WeightColumn, DPOTrainer):
             "pad_to_multiple_of": getattr(args, "pad_to_multiple_of", None),
             "padding_free": getattr(args, "padding_free", None), "ld_alpha": getattr(args, "ld_alpha", None),
             "trl": trl.__version__, "torch": torch.__version__, "code": stage_code(__name__),
+            "transformers": transformers.__version__, "config": self.ref_model.config.to_json_string(),
+            "device": next(self.ref_model.parameters()).device.type,  # (the weights alone miss these)
         }
         computed = {}
 
@@ -105,9 +109,9 @@ def token_ids_digest(dataset) -> str:
     h = hashlib.sha256()
     for batch in dataset.select_columns(list(ID_COLUMNS)).with_format("arrow").iter(batch_size=10_000):
         for column in ID_COLUMNS:
-            for chunk in batch[column].chunks:
-                h.update(np.asarray(chunk.value_lengths()).tobytes())
-                h.update(np.asarray(chunk.flatten()).tobytes())
+            array = batch[column].combine_chunks()  # (the content, however Arrow happens to chunk it)
+            h.update(np.asarray(array.value_lengths()).tobytes())
+            h.update(np.asarray(array.flatten()).tobytes())
     return h.hexdigest()
 
 
@@ -130,8 +134,8 @@ class DPO:
     def train(self, model, pairs, plan) -> Trained:
         from datasets import Dataset
 
-        reference = frozen_copy(model.model)  # before any hook exists
-        policy = frozen_copy(model.model).train()
+        reference = float32_copy(model.model)  # before any hook exists
+        policy = frozen_copy(reference).train()
         for p in policy.parameters():
             p.requires_grad_(True)
         dataset = Dataset.from_list(weighted_rows(pairs, plan.weights))

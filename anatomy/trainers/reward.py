@@ -7,13 +7,16 @@ activation edits act on the reward model's layers during training only.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from trl import RewardConfig, RewardTrainer
 
-from anatomy.trainers.common import check_settings, Trained, WeightColumn, fit, frozen_copy, trl_args, weighted_rows
+from anatomy.trainers.common import Trained, WeightColumn, check_settings, fit, frozen_copy, trl_args, weighted_rows
+
+log = logging.getLogger(__name__)
 
 
 class WeightedRewardTrainer(WeightColumn, RewardTrainer):
@@ -30,11 +33,15 @@ class WeightedRewardTrainer(WeightColumn, RewardTrainer):
 
 
 def load_reward_model(lm):
-    """A one-logit sequence-classification head on the LM's own weights (same revision, dtype and device)."""
+    """A one-logit sequence-classification head on the LM's own weights (same revision and device), in
+    float32 whatever `model.dtype` (see `float32_copy`)."""
     from transformers import AutoModelForSequenceClassification
 
+    if lm.model.dtype != torch.float32:
+        log.info("training the reward model in float32: model.dtype=%s serves the audit",
+                 str(lm.model.dtype).removeprefix("torch."))
     model = AutoModelForSequenceClassification.from_pretrained(lm.path, num_labels=1, revision=lm.revision,
-                                                               dtype=lm.model.dtype)
+                                                               dtype=torch.float32)
     model.config.pad_token_id = lm.tokenizer.pad_token_id
     return model.to(next(lm.model.parameters()).device)
 
