@@ -347,6 +347,7 @@ def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], np.
     validation margins, cache hit)"""
     import hashlib
     import json
+    from importlib.metadata import version
 
     def build(folder: Path) -> None:
         baseline = stages.trainer.train(model, data.train, Plan())
@@ -360,7 +361,8 @@ def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], np.
                                 ).encode()).hexdigest()
     key = {"trainer": asdict(stages.trainer), "model": model.key, "data": texts, "eval": asdict(stages.eval),
            "code": stage_code(type(stages.trainer).__module__, type(stages.eval).__module__),
-           "recipe": code_digest(measure_baseline)}  # what it saves: an entry saved by another recipe is redone
+           "recipe": code_digest(measure_baseline),  # what it saves: an entry saved by another recipe is redone
+           "versions": {name: version(name) for name in ("torch", "transformers", "trl")}}
     folder, hit = cached_dir("baseline", key, build)
     return (json.loads((folder / "metrics.json").read_text()), np.load(folder / "heldout_margins.npy"),
             np.load(folder / "validation_margins.npy"), hit)
