@@ -143,7 +143,9 @@ def test_weighted_dpo_loss_is_trls_loss_with_unit_weights(study, tmp_path):
 
 def test_reference_logps_are_cached_across_weights_and_train_exactly_as_computed(study, tmp_path, monkeypatch):
     """DPO's reference log-probs come from the stage cache when only the pair weights changed, and
-    a run on cached ones trains exactly as a run that computes them."""
+    a run on cached ones trains exactly as a run that computes them. They are those of the starting
+    model, without the plan's edits: an entry computed by a run that zeroes an activation serves a
+    plain run, which then trains exactly as one that computed its own."""
     from anatomy.trainers.dpo import DPO
 
     data, model = study
@@ -158,10 +160,13 @@ def test_reference_logps_are_cached_across_weights_and_train_exactly_as_computed
     # TRL's read of transformers' deprecated attribute (while it computes the reference) is not shown
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
     monkeypatch.delenv("ANATOMY_NO_CACHE")
+    edited = dpo.train(model, pairs, Plan(edits={HOOK: lambda act: act * 0.0}))  # computes and stores the entry
     other_weights = dpo.train(model, pairs, Plan(weights=weights))
     cached = dpo.train(model, pairs, Plan())
-    assert (computed.report["cache/reference"], other_weights.report["cache/reference"]) == (0.0, 0.0)
-    assert cached.report["cache/reference"] == 1.0  # the weights are not part of the key
+    assert (computed.report["cache/reference"], edited.report["cache/reference"]) == (0.0, 0.0)
+    assert other_weights.report["cache/reference"] == cached.report["cache/reference"] == 1.0  # weights and
+    # edits are not part of the key: the edit acts on the policy only, never on the reference's log-probs
+    assert edited.report["train/loss"] != computed.report["train/loss"]
     assert cached.report["train/loss"] == computed.report["train/loss"]
     assert other_weights.report["train/loss"] != computed.report["train/loss"]
     for a, b in zip(cached.policy.parameters(), computed.policy.parameters()):
