@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def gather(sweep_dir: Path) -> pd.DataFrame:
         row = {"job": str(job.relative_to(sweep_dir))}
         for item in overrides:
             key, _, value = str(item).partition("=")
-            row[f"override/{key.lstrip('+~')}"] = value
+            row[f"override/{key.lstrip('+~')}"] = re.sub(r"\\(.)", r"\1", value)  # as typed: Hydra's [group\:5] -> [group:5]
         metrics_file = job / "metrics.json"
         if metrics_file.exists():
             row.update(json.loads(metrics_file.read_text()))

@@ -155,3 +155,11 @@ def test_jobs_run_on_different_machines_or_versions_are_named(sweep, capsys):
         assert lines["cuda"] == {"NVIDIA H100 (jobs 3)", "null (jobs 0, 1, 2)"}
         assert lines["packages/trl"] == {"0.0.1 (jobs 3)", f"{here['packages']['trl']} (jobs 0, 1, 2)"}
         assert "cpu" not in lines and "packages/torch" not in lines  # only what differs
+
+
+def test_overrides_read_as_typed_not_as_hydra_escapes_them(tmp_path):
+    """Hydra records `select.block=[group:5]` as `select.block=[group\\:5]`; the report shows what was typed."""
+    sweep = tmp_path / "sweep"
+    job(sweep, "0", ["select.block=[group\\:5]", "seed=0"], {"audit/n_tested": 3.0})
+    report([str(sweep)])
+    assert pd.read_csv(sweep / "report.csv").loc[0, "override/select.block"] == "[group:5]"
