@@ -21,6 +21,7 @@ import torch
 
 from anatomy.errors import AnatomyError
 from anatomy.features import Features
+from anatomy.outputs import escape_unprintable
 
 log = logging.getLogger(__name__)
 MAX_GROUPED = 8000  # concept groups: the strongest hypotheses grouped at most (a 8000 x 8000 correlation)
@@ -46,11 +47,12 @@ class Evidence:
 
 
 def show_token(text: str) -> str:
-    """A token as a person reads it: stripped, with whitespace-only tokens escaped (\\n, ␣)."""
+    """A token as a person reads it: stripped, with whitespace-only tokens escaped (\\n, ␣), and any
+    other character that is not printable (U+2028, a control character) as its escape."""
     stripped = text.strip()
     if stripped:
-        return stripped.replace("|", "/")
-    return text.replace("\n", "\\n").replace(" ", "␣").replace("\t", "\\t") or "∅"
+        return escape_unprintable(stripped.replace("|", "/"))
+    return escape_unprintable(text.replace("\n", "\\n").replace(" ", "␣").replace("\t", "\\t")) or "∅"
 
 
 def top_tokens(features: Features, feature_ids: np.ndarray, tokenizer, n: int) -> list[list[str]]:
@@ -64,10 +66,10 @@ def top_tokens(features: Features, feature_ids: np.ndarray, tokenizer, n: int) -
             tid = int(features.tokens[w])
             if tid not in cache:
                 cache[tid] = show_token(tokenizer.decode([tid]))
-            if cache[tid] not in names:
-                names.append(cache[tid])
             if len(names) == n:
                 break
+            if cache[tid] not in names:
+                names.append(cache[tid])
         out.append(names)
     return out
 

@@ -56,8 +56,12 @@ class Featurize:
         """`run` through the stage cache, keyed by this config, the model, the SAE and the pairs.
         -> (features, cache hit, key for downstream stages)"""
         texts = hashlib.sha256("\0".join(p.prompt + "\1" + p.chosen + "\1" + p.rejected for p in pairs).encode())
+        from importlib.metadata import version
+
         key = {"featurize": asdict(self), "model": model.key, "sae": sae.key, "hook": sae.hook,
-               "pairs": texts.hexdigest(), "code": stage_code(__name__)}
+               "pairs": texts.hexdigest(), "code": stage_code(__name__),
+               "versions": {name: version(name) for name in ("torch", "transformers", "sae-lens")},
+               "device": next(model.model.parameters()).device.type}  # (activations differ across them)
         folder, hit = cached_dir("features", key, lambda d: self.run(model, sae, pairs).save(d))
         return Features.load(folder), hit, folder.name
 

@@ -42,6 +42,20 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, details: dict, metrics: di
     write_metrics(out_dir, metrics)
 
 
+def escape_unprintable(text: str) -> str:
+    """Every character that is not printable (a line break of any kind: \\n, \\r, U+2028, NEL; a
+    control character) as its escape, so a token cannot break the line it is written on."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """hypotheses.csv as written: a top token such as `None`, `NA` or `null` stays that text, not NaN."""
+    table = pd.read_csv(path)
+    if "top_tokens" in table.columns:
+        table["top_tokens"] = pd.read_csv(path, usecols=["top_tokens"], dtype=str, keep_default_na=False)["top_tokens"]
+    return table
+
+
 def again(metrics: dict) -> str:
     """Which pairs the hypotheses were tested again on: the validation pairs, when the data source set
     some apart, else the held-out ones."""
@@ -84,8 +98,9 @@ def write_verdicts(out_dir: Path, table: pd.DataFrame, header: dict, decided: di
     for feature, row in rows.items():
         concept = f"; names {row['concept']}" if isinstance(row.get("concept"), str) else ""
         concept = (f"; group {int(row['group'])}" if pd.notna(row.get("group", pd.NA)) else "") + concept
-        concept += {"yes": "; replicated on held-out", "no": "; NOT replicated on held-out", "": ""}[replicated(row)]
-        tokens = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(row.get("top_tokens") or ""))
+        where = header.get("replicated_on", "held-out")
+        concept += {"yes": f"; replicated on {where}", "no": f"; NOT replicated on {where}", "": ""}[replicated(row)]
+        tokens = escape_unprintable(str(row.get("top_tokens") or ""))  # (a line break would end the comment)
         lines.append(f"{f'{feature}:':<6} {decided.get(feature, 'allow'):<8} # favours {row['direction']}, effect "
                      f"{row['effect']:+.2f}, top tokens {tokens}{concept}")
     atomic_write(out_dir / "verdicts.yaml", "\n".join(lines) + "\n")
@@ -280,7 +295,7 @@ def _change(metrics: dict, split: str) -> str:
 
 def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
     """A one-screen summary for the terminal."""
-    table = pd.read_csv(table_path)
+    table = read_table(table_path)
     sig = strongest_first(table)
     out = [
         "",

@@ -34,7 +34,7 @@ from anatomy.evidence import concept_groups, promoted_tokens, snippets, top_toke
 from anatomy.hypotheses.ground_truth import group_purity, name_concept, score
 from anatomy.models.base import check_lengths
 from anatomy.models.hooks import check_points
-from anatomy.outputs import strongest_first, write_margins, write_metrics, write_outputs, write_verdicts
+from anatomy.outputs import again, strongest_first, write_margins, write_metrics, write_outputs, write_verdicts
 from anatomy.select import Selection
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         "data": cfg.data._target_.rsplit(".", 1)[-1], "model": model.path, "sae": sae.source, "hook": sae.hook,
         "test": cfg.hypothesis.test, "correction": cfg.hypothesis.correction, "alpha": cfg.hypothesis.alpha,
         "pooling": cfg.featurize.pooling, "sae_fingerprint": sae.fingerprint,
+        "replicated_on": again(metrics),  # which pairs the replication columns are of
     }
     # The audit's results are on disk before any training starts.
     write_outputs(out_dir, table, details, metrics, header, stages.evidence.max_report)

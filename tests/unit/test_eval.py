@@ -302,3 +302,14 @@ def test_a_reduction_needs_a_baseline_clear_of_zero():
     assert not distinct_from_zero(0.02, 0.05) and not distinct_from_zero(0.0, None)
     assert distinct_from_zero(0.02, None) and distinct_from_zero(0.02, float("nan"))  # no s.e.: merely nonzero
     assert not distinct_from_zero(float("nan"), 0.1)
+
+
+def test_the_summary_prints_a_top_token_that_pandas_would_read_as_missing(tmp_path):
+    from anatomy.outputs import summary
+
+    path = tmp_path / "hypotheses.csv"
+    pd.DataFrame({"feature": [3, 4], "direction": ["chosen", "rejected"], "effect": [0.5, -0.4], "q_value": [1e-9, 1e-8],
+                  "significant": [True, True], "top_tokens": ["None", "NA|null"]}).to_csv(path, index=False)
+    text = summary({"audit/n_pairs": 10.0, "audit/n_tested": 5.0, "audit/n_significant": 2.0}, path)
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["3"], ["4"])]
+    assert [r[-1] for r in rows] == ["None", "NA|null"]

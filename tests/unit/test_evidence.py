@@ -65,3 +65,18 @@ def test_group_purity_is_the_share_of_named_features_whose_group_names_their_con
     assert group_purity(named, groups) == pytest.approx(3 / 5)
     assert np.isnan(group_purity([None, None], [1, 2]))
     assert group_purity(["markdown", "sycophancy", "markdown"], [1, float("nan"), 1]) == 1.0  # ungrouped: left out
+
+
+def test_top_tokens_gives_at_most_n_and_none_for_zero():
+    from anatomy.evidence import top_tokens
+
+    feats = make_features(np.array([[3.0], [2.0], [1.0]]), np.array([[2.5], [0.5], [0.0]]))
+
+    class Tokenizer:
+        def decode(self, ids):
+            return f"<{ids[0]}>"
+
+    feats.top_where = np.array([[0], [1], [2], [-1]])
+    feats.tokens = np.array([12, 3, 7])
+    assert top_tokens(feats, np.array([0]), Tokenizer(), 2) == [["<12>", "<3>"]]
+    assert top_tokens(feats, np.array([0]), Tokenizer(), 0) == [[]]

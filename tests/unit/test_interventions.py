@@ -940,3 +940,21 @@ def test_edit_energy_is_the_changed_share_of_the_activations_squared_norm_withou
         got = edit_energy(lm, {hook: lambda a: a * 0, "blocks.0.hook_resid_post": lambda a: None}, pairs, n_pairs=2)
     assert got == {f"intervention/edit_energy/{hook}": pytest.approx(1.0), "intervention/edit_energy/blocks.0.hook_resid_post": 0.0}
     assert len(caplog.records) == 1 and "100% of the activations' energy" in caplog.text and hook in caplog.text
+
+
+def test_a_token_that_yaml_reads_as_a_line_break_stays_in_its_comment(tmp_path):
+    """U+2028, U+2029 and NEL are line breaks to YAML, not to a C0 filter: written escaped, the file
+    parses and gives back the run's selection; the replication comment names the pairs it ran on."""
+    from anatomy.evidence import show_token
+    from anatomy.outputs import write_verdicts
+
+    assert [show_token(t) for t in ("\u2028", "a\u2029b", "\x85", "\n", " ")] == ["\\u2028", "a\\u2029b", "\\x85", "\\n", "␣"]
+    t = table().assign(q_value=[0.01, 0.001, 0.02, 0.5], replicated=[True, False, True, None])
+    t.loc[0, "top_tokens"] = "a|\u2028|: 7: block"
+    t.loc[1, "top_tokens"] = "\u20287: block"
+    header = {"sae": "sae-key", "hook": "blocks.2.hook_resid_post", "sae_fingerprint": "0123456789",
+              "replicated_on": "validation"}
+    write_verdicts(tmp_path, t, header, {5: "block"})
+    text = (tmp_path / "verdicts.yaml").read_text()
+    assert "\u2028" not in text and "; replicated on validation" in text and "; NOT replicated on validation" in text
+    assert Select(verdicts=str(tmp_path / "verdicts.yaml")).run(t).block == [5]  # and no verdict nobody wrote
