@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,6 @@ class Featurize:
         """`run` through the stage cache, keyed by this config, the model, the SAE and the pairs.
         -> (features, cache hit, key for downstream stages)"""
         texts = hashlib.sha256("\0".join(p.prompt + "\1" + p.chosen + "\1" + p.rejected for p in pairs).encode())
-        from importlib.metadata import version
-
         key = {"featurize": asdict(self), "model": model.key, "sae": sae.key, "hook": sae.hook,
                "pairs": texts.hexdigest(), "code": stage_code(__name__),
                "versions": {name: version(name) for name in ("torch", "transformers", "sae-lens")},
