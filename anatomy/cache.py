@@ -64,6 +64,13 @@ def hub_commit(name: str, revision: str | None) -> str | None:
     return ref.read_text().strip() if ref.is_file() else revision
 
 
+def versions(*packages: str) -> dict[str, str]:
+    """The installed versions of `packages`: in the key of an entry whose numbers they compute."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in packages}
+
+
 def code_digest(*modules) -> str:
     """A stable hash of modules' source: in the key of an entry whose content those modules compute,
     so an entry computed by other code is never served."""

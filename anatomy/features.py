@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from anatomy.cache import cached_dir, stage_code
+from anatomy.cache import cached_dir, stage_code, versions
 from anatomy.data.schema import PreferencePair
 from anatomy.errors import AnatomyError
 from anatomy.models.base import LoadedModel, encode_pair, pad_batch
@@ -59,7 +58,7 @@ class Featurize:
         texts = hashlib.sha256("\0".join(p.prompt + "\1" + p.chosen + "\1" + p.rejected for p in pairs).encode())
         key = {"featurize": asdict(self), "model": model.key, "sae": sae.key, "hook": sae.hook,
                "pairs": texts.hexdigest(), "code": stage_code(__name__),
-               "versions": {name: version(name) for name in ("torch", "transformers", "sae-lens")},
+               "versions": versions("torch", "transformers", "sae-lens"),
                "device": next(model.model.parameters()).device.type}  # (activations differ across them)
         folder, hit = cached_dir("features", key, lambda d: self.run(model, sae, pairs).save(d))
         return Features.load(folder), hit, folder.name

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from anatomy.cache import cached_dir, code_digest, stage_code
+from anatomy.cache import cached_dir, code_digest, stage_code, versions
 from anatomy.errors import AnatomyError, check_types
 from anatomy.eval import NoEval
 from anatomy.eval.accuracy import distinct_from_zero
@@ -348,7 +348,6 @@ def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], np.
     validation margins, cache hit)"""
     import hashlib
     import json
-    from importlib.metadata import version
 
     def build(folder: Path) -> None:
         baseline = stages.trainer.train(model, data.train, Plan())
@@ -363,7 +362,7 @@ def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], np.
     key = {"trainer": asdict(stages.trainer), "model": model.key, "data": texts, "eval": asdict(stages.eval),
            "code": stage_code(type(stages.trainer).__module__, type(stages.eval).__module__),
            "recipe": code_digest(measure_baseline),  # what it saves: an entry saved by another recipe is redone
-           "versions": {name: version(name) for name in ("torch", "transformers", "trl")}}
+           "versions": versions("torch", "transformers", "trl")}
     folder, hit = cached_dir("baseline", key, build)
     return (json.loads((folder / "metrics.json").read_text()), np.load(folder / "heldout_margins.npy"),
             np.load(folder / "validation_margins.npy"), hit)

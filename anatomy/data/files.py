@@ -54,13 +54,12 @@ def read_rows(path: str, fmt: str = "auto", option: str = "data.path") -> list[d
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as err:
-            if err.msg != "Extra data":
+            if err.msg != "Extra data":  # (one value, then more: JSON Lines under a .json name, read below)
                 raise AnatomyError(f"{option}={path!r}: does not parse as JSON ({err})") from err
-            rows = None  # one value, then more: JSON Lines under a .json name
-        if rows is not None and not isinstance(rows, list):
-            raise AnatomyError(f"{option}={path!r}: expected a JSON array of objects (or JSON Lines), "
-                               f"got {type(rows).__name__}")
-        if rows is not None:
+        else:
+            if not isinstance(rows, list):
+                raise AnatomyError(f"{option}={path!r}: expected a JSON array of objects (or JSON Lines), "
+                                   f"got {type(rows).__name__}")
             return rows
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):

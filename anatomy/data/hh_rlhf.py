@@ -69,14 +69,13 @@ class HHRLHFData:
             if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
                 raise AnatomyError(f"{source}: row {i} lacks the 'chosen' / 'rejected' fields of HH-RLHF")
             c, r = split_dialogue(row["chosen"]), split_dialogue(row["rejected"])
-            rows.append({"prompt": "", "chosen": "", "rejected": ""})
             if c is None or r is None:
                 problems[i] = f"no {MARKER!r} turn in {'chosen' if c is None else 'rejected'}"
             elif c[0] != r[0]:  # the last Assistant turn differs: the two responses answer different dialogues
                 problems[i] = "chosen and rejected end in different dialogues (their last Assistant turns differ)"
                 mismatched += 1
-            else:
-                rows[-1] = {"prompt": c[0], "chosen": c[1], "rejected": r[1]}
+            prompt, chosen, rejected = ("", "", "") if i in problems else (c[0], c[1], r[1])  # (a problem row: no text)
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
         pairs, report = validate_rows(rows, source, drop_invalid=self.drop_invalid, known=problems)
         report["data/prompt_mismatch"] = float(mismatched)
         return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)

@@ -131,11 +131,15 @@ def float32_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A frozen float32 copy to train from (or score against): Adam's small updates do not take on
     half-precision weights (bfloat16 rounds them away, float16 underflows), so a model loaded in
     `model.dtype=bfloat16` / `float16` for the audit trains, and is measured, in float32."""
-    dtype = next(model.parameters()).dtype
+    say_float32(next(model.parameters()).dtype)
+    return frozen_copy(model).float()
+
+
+def say_float32(dtype: torch.dtype) -> None:
+    """Log, for a model loaded in half precision, that training runs in float32 (`float32_copy`)."""
     if dtype != torch.float32:
         log.info("training in float32: model.dtype=%s serves the audit; half-precision weights would not "
                  "take the optimizer's small updates", str(dtype).removeprefix("torch."))
-    return frozen_copy(model).float()
 
 
 def check_settings(trainer) -> None:

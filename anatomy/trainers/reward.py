@@ -7,16 +7,14 @@ activation edits act on the reward model's layers during training only.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from trl import RewardConfig, RewardTrainer
 
-from anatomy.trainers.common import Trained, WeightColumn, check_settings, fit, frozen_copy, trl_args, weighted_rows
-
-log = logging.getLogger(__name__)
+from anatomy.trainers.common import (Trained, WeightColumn, check_settings, fit, frozen_copy, say_float32, trl_args,
+                                     weighted_rows)
 
 
 class WeightedRewardTrainer(WeightColumn, RewardTrainer):
@@ -37,9 +35,7 @@ def load_reward_model(lm):
     float32 whatever `model.dtype` (see `float32_copy`)."""
     from transformers import AutoModelForSequenceClassification
 
-    if lm.model.dtype != torch.float32:
-        log.info("training the reward model in float32: model.dtype=%s serves the audit",
-                 str(lm.model.dtype).removeprefix("torch."))
+    say_float32(lm.model.dtype)
     model = AutoModelForSequenceClassification.from_pretrained(lm.path, num_labels=1, revision=lm.revision,
                                                                dtype=torch.float32)
     model.config.pad_token_id = lm.tokenizer.pad_token_id
