@@ -91,6 +91,17 @@ class Features:
     def n_tokens(self) -> int:
         return int(self.offsets[-1])
 
+    def of_pairs(self, keep: np.ndarray) -> "Features":
+        """The pairs a boolean mask keeps: their activations, lengths and tokens, in order. The top
+        examples, which point into every pair's tokens, are left out (none): planning does not read them."""
+        idx = np.flatnonzero(keep)
+        responses = np.stack([2 * idx, 2 * idx + 1], axis=1).ravel()
+        starts, ends = self.offsets[responses], self.offsets[responses + 1]
+        tokens = np.concatenate([self.tokens[a:b] for a, b in zip(starts, ends)] or [self.tokens[:0]])
+        offsets = np.concatenate([[0], np.cumsum(ends - starts)]).astype(self.offsets.dtype)
+        return Features(self.chosen[idx], self.rejected[idx], self.chosen_length[idx], self.rejected_length[idx],
+                        tokens, offsets, self.top_values[:0], self.top_where[:0])
+
     def save(self, folder: Path) -> None:
         sp.save_npz(folder / "chosen.npz", self.chosen)
         sp.save_npz(folder / "rejected.npz", self.rejected)

@@ -28,7 +28,7 @@ from anatomy.eval import NoEval
 from anatomy.eval.accuracy import distinct_from_zero
 from anatomy.eval.evaluate import accuracy_change
 from anatomy.interventions import NoIntervention
-from anatomy.interventions.plan import Plan, edit_energy, planted_balance
+from anatomy.interventions.plan import Plan, edit_energy, plan_for, planted_balance
 from anatomy.interventions.steering import FeatureSteering
 from anatomy.evidence import concept_groups, promoted_tokens, snippets, top_tokens
 from anatomy.hypotheses.ground_truth import group_purity, name_concept, score
@@ -165,6 +165,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         model, hit = stages.model.load(texts)
     metrics["cache/model"] = float(hit)
     check_loaded(stages, model, trains)  # what only its modules tell, before the SAE and the audit
+    fits = stages.trainer.fits(model.tokenizer, data.train) if trains else None  # the pairs TRL keeps (none: an error)
     with timer("sae"):
         sae, hit = stages.sae.load(model, texts, model.key)
     metrics["cache/sae"] = float(hit)
@@ -229,7 +230,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     # The audit's results are on disk before any training starts.
     write_outputs(out_dir, table, details, metrics, header, stages.evidence.max_report)
     if trains:
-        metrics.update(train_and_evaluate(stages, data, probes, model, sae, feats, table, header, timer, out_dir))
+        metrics.update(train_and_evaluate(stages, data, probes, model, sae, feats, table, header, timer, out_dir,
+                                          fits))
         metrics.update(timer.metrics)
         write_metrics(out_dir, metrics)
     return metrics
@@ -285,8 +287,9 @@ def replicate_hypotheses(stages, model, sae, table, heldout) -> tuple:
 
 
 def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, timer,
-                       out_dir: Path) -> dict[str, float]:
-    """Decide -> intervene -> train -> evaluate (and, to compare, train once without intervention)."""
+                       out_dir: Path, fits: np.ndarray) -> dict[str, float]:
+    """Decide -> intervene -> train -> evaluate (and, to compare, train once without intervention).
+    The intervention is planned on the training pairs that `fits` says TRL keeps, and so is the baseline."""
     import json
 
     from anatomy.outputs import atomic_write
@@ -302,7 +305,7 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
                                             **{f: "amplify" for f in selection.amplify}})
     metrics.update(selection.report())
     with timer("intervention"):
-        plan = stages.intervention.plan(selection, feats, sae)
+        plan = plan_for(stages.intervention, selection, feats, sae, fits)
         if plan.edits:  # how much of the activations each edit changes, on the starting model
             plan.report.update(edit_energy(model, plan.edits, data.train, max_length=stages.trainer.max_length))
     metrics.update(plan.report)
@@ -312,6 +315,7 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
     with timer("train"):
         trained = stages.trainer.train(model, data.train, plan)
     metrics.update(trained.report)
+    metrics["train/pairs_too_long"] += float((~fits).sum())  # left out before planning, + any TRL dropped
     trained.policy.save_pretrained(out_dir / "model")
     trained.tokenizer.save_pretrained(out_dir / "model")
     if isinstance(stages.eval, NoEval):
@@ -324,7 +328,7 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
     base_margins = base_val_margins = None
     if stages.eval.compare_baseline and not isinstance(stages.intervention, NoIntervention):
         with timer("baseline"):
-            base, base_margins, base_val_margins, hit = measure_baseline(stages, data, probes, model)
+            base, base_margins, base_val_margins, hit = measure_baseline(stages, data, probes, model, fits)
             base.update(stages.eval.compare(base, table, prefix="eval/baseline"))
         metrics["cache/baseline"] = float(hit)
         metrics.update(base)
@@ -340,17 +344,18 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
     return metrics
 
 
-def measure_baseline(stages, data, probes, model) -> tuple[dict[str, float], np.ndarray, np.ndarray, bool]:
-    """The same training without intervention, measured, through the stage cache (keyed by the
-    trainer, the model, the pairs and probes, the eval config, and the source of the code that trains
-    and measures it, so a cached baseline measured by older code is redone): a sweep over
+def measure_baseline(stages, data, probes, model, fits: np.ndarray
+                     ) -> tuple[dict[str, float], np.ndarray, np.ndarray, bool]:
+    """The same training without intervention (on the same pairs that fit), measured, through the
+    stage cache (keyed by the trainer, the model, the pairs and probes, the eval config, and the source
+    of the code that trains and measures it, so a cached baseline measured by older code is redone): a sweep over
     interventions or selections trains it once. -> (eval/baseline/* metrics, its held-out margins, its
     validation margins, cache hit)"""
     import hashlib
     import json
 
     def build(folder: Path) -> None:
-        baseline = stages.trainer.train(model, data.train, Plan())
+        baseline = stages.trainer.train(model, data.train, Plan(weights=None if fits.all() else fits.astype(float)))
         measured, margins = stages.eval.measure(baseline, data.heldout, probes, prefix="eval/baseline")
         validation, val_margins = stages.eval.accuracy(baseline, data.validation, "validation", prefix="eval/baseline")
         (folder / "metrics.json").write_text(json.dumps({**measured, **validation}, indent=1, sort_keys=True))

@@ -47,6 +47,19 @@ class Intervention:
         raise NotImplementedError
 
 
+def plan_for(intervention: Intervention, selection: Selection, features: Features, sae, fits: np.ndarray) -> Plan:
+    """The intervention's plan for the training pairs the trainer will train on (`fits`, a boolean
+    mask; the trainer's `fits`): made on those pairs alone, so its weights, their balance and its
+    report describe what is trained; the others get weight 0."""
+    if fits.all():
+        return intervention.plan(selection, features, sae)
+    plan = intervention.plan(selection, features.of_pairs(fits), sae)
+    weights = np.zeros(len(fits))
+    weights[fits] = 1.0 if plan.weights is None else plan.weights
+    plan.weights = weights
+    return plan
+
+
 def concept_difference(features: Features, feature_ids: list[int], directions: dict[int, str]) -> np.ndarray:
     """Per pair: how much the selected concept favours chosen, in its hypothesis's direction.
 

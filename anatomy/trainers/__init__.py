@@ -1,6 +1,7 @@
 """Trainers: `dpo` (TRL DPOTrainer with per-pair weights), `reward_model` (TRL RewardTrainer with
-weights), `none` (audit only). Each option's `train(model, pairs, plan)` returns a `Trained`, with the
-plan's activation edits active on the policy during training only (removed even if training raises)."""
+weights), `none` (audit only). Each training option's `fits(tokenizer, pairs)` says which pairs TRL will
+keep (asked before the intervention is planned), and its `train(model, pairs, plan)` returns a `Trained`,
+with the plan's activation edits active on the policy during training only (removed even if training raises)."""
 
 from dataclasses import dataclass
 

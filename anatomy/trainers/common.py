@@ -92,9 +92,9 @@ def fit(policy: torch.nn.Module, plan, n_rows: int, make_trainer, too_long: str)
     """Build the TRL trainer (`make_trainer(output_dir)`) on a dataset of `n_rows` pairs, train with
     the plan's edits on the policy (removed afterwards, also if training raises), and report.
 
-    TRL drops the pairs it cannot train on (`too_long` says which: for DPO, a prompt that alone fills
-    `max_length`); how many is reported as `train/pairs_too_long` and warned about, never silent,
-    and an error if that is all of them."""
+    The pairs TRL cannot train on (`too_long` says which) were left out before the plan was made
+    (`fitting`); should TRL drop any of the rest, how many is added to `train/pairs_too_long` and
+    warned about, never silent, and it is an error if that is all of them."""
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # TRL reads transformers' deprecated `is_gradient_checkpointing`: noise the user cannot act on
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
@@ -103,8 +103,9 @@ def fit(policy: torch.nn.Module, plan, n_rows: int, make_trainer, too_long: str)
         if kept == 0:
             raise nothing_fits(n_rows, too_long, trainer.args.max_length)
         if kept < n_rows:
-            log.warning("trainer: TRL dropped %d of %d training pairs %s trainer.max_length=%d; "
-                        "raise it to keep them", n_rows - kept, n_rows, too_long, trainer.args.max_length)
+            log.warning("trainer: TRL dropped %d of the %d training pairs it was given, %s trainer.max_length=%d, "
+                        "after the intervention was planned on them; raise it to keep them",
+                        n_rows - kept, n_rows, too_long, trainer.args.max_length)
         with hooks(policy, plan.edits):
             result = trainer.train()
     policy.eval()
@@ -116,8 +117,32 @@ def fit(policy: torch.nn.Module, plan, n_rows: int, make_trainer, too_long: str)
 
 
 def nothing_fits(n_rows: int, too_long: str, max_length: int) -> AnatomyError:
-    return AnatomyError(f"trainer: TRL dropped all {n_rows} training pairs, {too_long} "
+    return AnatomyError(f"trainer: TRL would drop all {n_rows} training pairs, {too_long} "
                         f"trainer.max_length={max_length}; raise it")
+
+
+def fitting(fits: np.ndarray, too_long: str, max_length: int) -> np.ndarray:
+    """`fits` (which training pairs TRL keeps), said: an error if it keeps none, a warning naming how
+    many it drops. The pipeline leaves those out before the intervention is planned, so its weights
+    and report describe the pairs trained on."""
+    fits = np.asarray(fits, dtype=bool)
+    if not fits.any():
+        raise nothing_fits(len(fits), too_long, max_length)
+    if not fits.all():
+        log.warning("trainer: %d of %d training pairs do not fit, %s trainer.max_length=%d: TRL would drop them, "
+                    "so they are left out before the intervention is planned; raise it to keep them",
+                    int((~fits).sum()), len(fits), too_long, max_length)
+    return fits
+
+
+def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids as TRL's dataset preparation has them (the tokenizer called on the text)."""
+    return tokenizer(texts)["input_ids"] if texts else []
+
+
+def with_eos(text: str, eos: str | None) -> str:
+    """The text with the EOS token TRL appends to a response that does not end with it."""
+    return text if not eos or text.endswith(eos) else text + eos
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -24,11 +24,11 @@ from trl import DPOConfig, DPOTrainer
 
 from anatomy.cache import cached_dir, stage_code
 from anatomy.errors import AnatomyError
-from anatomy.trainers.common import (Trained, WeightColumn, check_settings, fit, float32_copy, frozen_copy, nothing_fits,
-                                     trl_args, weighted_rows)
+from anatomy.trainers.common import (Trained, WeightColumn, check_settings, fit, fitting, float32_copy, frozen_copy,
+                                     nothing_fits, token_ids, trl_args, weighted_rows, with_eos)
 
 
-TOO_LONG = "whose prompt alone fills"  # TRL's DPO drops those; it cuts the others to max_length
+TOO_LONG = "their prompt alone filling"  # TRL's DPO drops those; it cuts the others to max_length
 
 
 class WeightedDPOTrainer(WeightColumn, DPOTrainer):
@@ -115,6 +115,16 @@ def token_ids_digest(dataset) -> str:
     return h.hexdigest()
 
 
+def shared_prefix(ids: list[int], other: list[int]) -> int:
+    """How many leading tokens two token-id lists share."""
+    n = 0
+    for a, b in zip(ids, other):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
 @dataclass
 class DPO:
     """Direct preference optimization (TRL), weighted by the intervention's plan."""
@@ -130,6 +140,17 @@ class DPO:
 
     def __post_init__(self):
         check_settings(self)
+
+    def fits(self, tokenizer, pairs) -> np.ndarray:
+        """Which pairs TRL's DPO will train on, by its own rule: it drops a pair whose prompt alone fills
+        `max_length` (its default `keep_start` truncation would leave no response token), the prompt
+        being the leading tokens prompt + chosen and prompt + rejected share with the prompt's own."""
+        eos = tokenizer.eos_token
+        prompts = token_ids(tokenizer, [p.prompt for p in pairs])
+        chosen = token_ids(tokenizer, [with_eos(p.prompt + p.chosen, eos) for p in pairs])
+        rejected = token_ids(tokenizer, [with_eos(p.prompt + p.rejected, eos) for p in pairs])
+        prompt_len = [min(shared_prefix(a, b), shared_prefix(a, c)) for a, b, c in zip(prompts, chosen, rejected)]
+        return fitting(np.asarray(prompt_len) < self.max_length, TOO_LONG, self.max_length)
 
     def train(self, model, pairs, plan) -> Trained:
         from datasets import Dataset

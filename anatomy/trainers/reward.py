@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from trl import RewardConfig, RewardTrainer
 
-from anatomy.trainers.common import (Trained, WeightColumn, check_settings, fit, frozen_copy, say_float32, trl_args,
-                                     weighted_rows)
+from anatomy.trainers.common import (Trained, WeightColumn, check_settings, fit, fitting, frozen_copy, say_float32,
+                                     token_ids, trl_args, weighted_rows, with_eos)
+
+TOO_LONG = "their chosen or rejected text being longer than"  # TRL's RewardTrainer drops those
 
 
 class WeightedRewardTrainer(WeightColumn, RewardTrainer):
@@ -57,6 +60,15 @@ class RewardModel:
     def __post_init__(self):
         check_settings(self)
 
+    def fits(self, tokenizer, pairs) -> np.ndarray:
+        """Which pairs TRL's RewardTrainer will train on, by its own rule: it drops a pair whose prompt +
+        chosen or prompt + rejected (with EOS) is longer than `max_length` tokens."""
+        eos = tokenizer.eos_token
+        longest = [max(len(c), len(r)) for c, r in zip(
+            token_ids(tokenizer, [with_eos(p.prompt + p.chosen, eos) for p in pairs]),
+            token_ids(tokenizer, [with_eos(p.prompt + p.rejected, eos) for p in pairs]))]
+        return fitting(np.asarray(longest) <= self.max_length, TOO_LONG, self.max_length)
+
     def train(self, model, pairs, plan) -> Trained:
         from datasets import Dataset
 
@@ -67,5 +79,5 @@ class RewardModel:
         report = fit(policy, plan, len(dataset), lambda tmp: WeightedRewardTrainer(
             model=policy, train_dataset=dataset, processing_class=model.tokenizer,
             args=trl_args(RewardConfig, tmp, self, policy)),
-            "whose chosen or rejected text is longer than")  # TRL's RewardTrainer drops those
+            TOO_LONG)
         return Trained("reward_model", policy, reference, model.tokenizer, report)

@@ -302,6 +302,49 @@ def test_training_runs_where_the_policys_weights_are_without_checkpointing(tmp_p
 
 
 @pytest.mark.parametrize("kind", ["dpo", "reward_model"])
+def test_the_trainer_knows_which_pairs_trl_will_drop(study, kind, tmp_path):
+    """`fits` (asked before the intervention is planned) predicts exactly the pairs TRL's own dataset
+    preparation keeps, on prompts of many lengths around `max_length`."""
+    import dataclasses
+
+    from datasets import Dataset
+    from trl import DPOConfig, RewardConfig
+
+    from anatomy.trainers.common import frozen_copy, trl_args, weighted_rows
+    from anatomy.trainers.dpo import DPO, WeightedDPOTrainer
+    from anatomy.trainers.reward import RewardModel, WeightedRewardTrainer, load_reward_model
+
+    data, model = study
+    pairs = [dataclasses.replace(p, prompt=" ".join([p.prompt] * (1 + i % 5))) for i, p in enumerate(data.train[:40])]
+    if kind == "dpo":  # what TRL compares to max_length: the prompt; for a reward model, the longer whole text
+        lengths = [len(model.tokenizer(p.prompt)["input_ids"]) for p in pairs]
+    else:
+        lengths = [max(len(model.tokenizer(p.prompt + r)["input_ids"]) for r in (p.chosen, p.rejected)) for p in pairs]
+    weights = np.arange(1.0, len(pairs) + 1)  # each row named by its weight
+    middle = sorted(lengths)[len(lengths) // 2]  # a length some pairs have exactly: TRL's boundary
+    for max_length in (middle, middle + 1):
+        trainer = DPO(max_length=max_length) if kind == "dpo" else RewardModel(max_length=max_length)
+        fits = trainer.fits(model.tokenizer, pairs)
+        assert 5 < fits.sum() < len(pairs) - 5
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            if kind == "dpo":
+                policy = frozen_copy(model.model)
+                args = trl_args(DPOConfig, str(tmp_path), trainer, policy, precompute_ref_log_probs=True,
+                                loss_type=["sigmoid"])
+                trl_trainer = WeightedDPOTrainer(model=policy, ref_model=frozen_copy(model.model), args=args,
+                                                 train_dataset=Dataset.from_list(weighted_rows(pairs, weights)),
+                                                 processing_class=model.tokenizer)
+            else:
+                policy = load_reward_model(model)
+                rows = weighted_rows(pairs, weights, joined=True)
+                args = trl_args(RewardConfig, str(tmp_path), trainer, policy)
+                trl_trainer = WeightedRewardTrainer(model=policy, args=args, train_dataset=Dataset.from_list(rows),
+                                                    processing_class=model.tokenizer)
+        assert sorted(trl_trainer.train_dataset["weight"]) == list(weights[fits]), max_length
+
+
+@pytest.mark.parametrize("kind", ["dpo", "reward_model"])
 def test_a_max_length_that_no_pair_fits_is_an_error_naming_it(study, kind):
     from anatomy.trainers.dpo import DPO
     from anatomy.trainers.reward import RewardModel
@@ -309,8 +352,10 @@ def test_a_max_length_that_no_pair_fits_is_an_error_naming_it(study, kind):
     data, model = study
     trainer = DPO(max_steps=1) if kind == "dpo" else RewardModel(max_steps=1)
     trainer.max_length = 8  # every prompt of the study is longer (TRL used to fail on torch.cat of nothing)
-    with pytest.raises(AnatomyError, match="dropped all 16 training pairs.*trainer.max_length=8"):
-        trainer.train(model, data.train[:16], Plan())
+    with pytest.raises(AnatomyError, match="would drop all 16 training pairs.*trainer.max_length=8"):
+        trainer.fits(model.tokenizer, data.train[:16])  # what the pipeline asks before the audit
+    with pytest.raises(AnatomyError, match="would drop all 16 training pairs.*trainer.max_length=8"):
+        trainer.train(model, data.train[:16], Plan())  # and, called directly, TRL's own drop
 
 
 # -- the whole loop: block markdown by reweighting ---------------------------------------------

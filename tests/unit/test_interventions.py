@@ -22,7 +22,8 @@ from anatomy.features import Features
 from anatomy.interventions import NoIntervention
 from anatomy.interventions.ablation import FeatureAblation
 from anatomy.interventions.filtering import DataFiltering
-from anatomy.interventions.plan import concept_difference, concept_presence, otsu_threshold, planted_balance, weight_report
+from anatomy.interventions.plan import (concept_difference, concept_presence, otsu_threshold, plan_for, planted_balance,
+                                        weight_report)
 from anatomy.interventions.reweighting import DataReweighting, balance
 from anatomy.interventions.steering import FeatureSteering
 from anatomy.models.hooks import hooks
@@ -564,6 +565,53 @@ def test_reweighting_errors():
         DataReweighting(n_bins=0)
     with pytest.raises(AnatomyError, match="amplify_factor"):
         DataReweighting(amplify_factor=0.0)
+
+
+def test_the_plan_is_made_on_the_pairs_the_trainer_keeps():
+    # TRL drops the pairs that do not fit trainer.max_length. Planned on every pair, reweighting would
+    # balance the blocked concept over pairs of which some are never trained on; planned on the pairs
+    # that fit, the balance and the report hold for what is trained, and the others weigh 0.
+    feats = _reweight_features()
+    d = concept_difference(feats, [0], {0: "chosen"})
+    fits = np.ones(len(d), dtype=bool)
+    fits[np.flatnonzero(d < 0)[::2]] = False  # half the pairs where it favours rejected are too long
+    reweighting = DataReweighting(n_bins=4)
+    plan = plan_for(reweighting, selection(block=[0]), feats, None, fits)
+    w = plan.weights
+    assert w.shape == (len(d),) and np.all(w[~fits] == 0) and np.all(w[fits] > 0)
+    kept = d[fits]  # (standardized over the kept pairs alone)
+    d_kept = concept_difference(feats.of_pairs(fits), [0], {0: "chosen"})
+    assert np.array_equal(np.sign(d_kept), np.sign(kept))
+    np.testing.assert_allclose(w[fits], reweighting.plan(selection(block=[0]), feats.of_pairs(fits), None).weights)
+    assert np.average(np.sign(d[fits]), weights=w[fits]) == pytest.approx(0.0, abs=1e-9)
+    assert plan.report["intervention/n_pairs"] == fits.sum() and plan.report["intervention/n_dropped"] == 0
+    # planned on every pair instead, the pairs trained on lean to the concept's side
+    everyone = reweighting.plan(selection(block=[0]), feats, None).weights
+    assert np.average(np.sign(d[fits]), weights=everyone[fits]) > 0.1
+    # every pair fits: the intervention's own plan, unchanged (no weights where it has none)
+    all_fit = np.ones(len(d), dtype=bool)
+    np.testing.assert_array_equal(plan_for(reweighting, selection(block=[0]), feats, None, all_fit).weights,
+                                  reweighting.plan(selection(block=[0]), feats, None).weights)
+    assert plan_for(NoIntervention(), selection(), feats, None, all_fit).weights is None
+    assert np.array_equal(plan_for(NoIntervention(), selection(), feats, None, fits).weights, fits.astype(float))
+
+
+def test_features_of_some_pairs_keep_their_activations_lengths_and_tokens():
+    n = 4
+    feats = make_features(np.arange(8.0).reshape(n, 2), -np.arange(8.0).reshape(n, 2))
+    feats.chosen_length, feats.rejected_length = np.array([1, 2, 3, 1]), np.array([2, 1, 1, 3])
+    lengths = np.stack([feats.chosen_length, feats.rejected_length], axis=1).ravel()  # response 2i, 2i+1
+    feats.offsets = np.concatenate([[0], np.cumsum(lengths)])
+    feats.tokens = np.arange(feats.offsets[-1], dtype=np.int32) + 100
+    keep = np.array([False, True, False, True])
+    some = feats.of_pairs(keep)
+    np.testing.assert_array_equal(some.chosen.toarray(), feats.chosen.toarray()[keep])
+    np.testing.assert_array_equal(some.rejected.toarray(), feats.rejected.toarray()[keep])
+    np.testing.assert_array_equal(some.chosen_length, [2, 1])
+    for new, old in enumerate([2, 3, 6, 7]):  # pair 1's two responses, then pair 3's
+        np.testing.assert_array_equal(some.tokens[some.offsets[new]:some.offsets[new + 1]],
+                                      feats.tokens[feats.offsets[old]:feats.offsets[old + 1]])
+    assert some.n_tokens == 2 + 1 + 1 + 3 and some.top_values.shape == (0, 2)
 
 
 def test_weight_report_counts_only_kept_pairs():
