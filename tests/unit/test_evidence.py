@@ -80,3 +80,52 @@ def test_top_tokens_gives_at_most_n_and_none_for_zero():
     feats.tokens = np.array([12, 3, 7])
     assert top_tokens(feats, np.array([0]), Tokenizer(), 2) == [["<12>", "<3>"]]
     assert top_tokens(feats, np.array([0]), Tokenizer(), 0) == [[]]
+
+
+def test_each_feature_is_read_at_the_token_it_fired_on_and_the_snippet_marks_it(monkeypatch):
+    """Token alignment, from featurize to the snippet a person reads. Activations are the one-hot of
+    the token ids and the SAE is the identity, so feature f fires exactly where token f sits in a
+    response: its top occurrences must point at token f, its pooled value must be 1 in exactly the
+    responses holding f (not in their prompts), and its snippets must mark f. Responses of many
+    lengths, in batches of 2 pairs, so featurize's sort by length reorders them."""
+    import random
+    from types import SimpleNamespace
+
+    import torch
+    import torch.nn.functional as F
+
+    from anatomy import features as features_module
+    from anatomy.data.schema import PreferencePair
+    from anatomy.evidence import snippets
+    from anatomy.features import Featurize, featurize
+    from anatomy.models.tiny import train_tokenizer
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(40)]
+    text = lambda n: " " + " ".join(rng.choice(words) for _ in range(n))  # noqa: E731
+    pairs = [PreferencePair(f"Q{i}:" + text(rng.randint(1, 6)), text(rng.randint(1, 12)), text(rng.randint(1, 12)))
+             for i in range(15)]
+    tok = train_tokenizer([(p.prompt, p.chosen + p.rejected) for p in pairs], vocab_size=300)
+    vocab = len(tok)
+    monkeypatch.setattr(features_module, "capture", lambda model, hook, ids, mask: F.one_hot(ids, vocab).float())
+    sae = SimpleNamespace(sae=SimpleNamespace(encode=lambda x: x, dtype=torch.float32), d_sae=vocab, hook="h")
+    model = SimpleNamespace(tokenizer=tok, model=SimpleNamespace(device=torch.device("cpu")))
+    feats = featurize(model, sae, pairs, Featurize(batch_size=2, max_length=64, top_examples=4))
+
+    responses = [r for p in pairs for r in (p.chosen, p.rejected)]
+    for r, response in enumerate(responses):  # the response's own tokens, in pair order
+        ids = feats.tokens[feats.offsets[r]:feats.offsets[r + 1]]
+        assert ids.tolist() == tok(response, add_special_tokens=False)["input_ids"]
+        pooled = (feats.rejected if r % 2 else feats.chosen)[r // 2].toarray().ravel()
+        assert set(np.flatnonzero(pooled)) == set(ids.tolist()) and set(pooled[pooled > 0]) == {1.0}
+    fired = 0
+    for f in range(vocab):
+        where = feats.top_where[:, f]
+        assert np.all(feats.tokens[where[where >= 0]] == f)  # every top occurrence is token f itself
+        fired += int((where >= 0).any())
+        for s in snippets(feats, f, tok, n=3, context=4):
+            assert "[[" + tok.decode([f]) + "]]" in s["text"]
+            pair = pairs[s["pair"]]
+            response = pair.chosen if s["side"] == "chosen" else pair.rejected
+            assert f in tok(response, add_special_tokens=False)["input_ids"]
+    assert fired >= 30  # (most of the words occur in some response)
