@@ -151,6 +151,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     if data.validation:
         metrics["data/validation"] = float(len(data.validation))
     probes = stages.eval.probe_set(data) if hasattr(stages.eval, "probe_set") else []
+    if hasattr(stages.eval, "validation_probe_set"):  # (read and checked now, too)
+        data.validation_probes = stages.eval.validation_probe_set(data)
     if not data.heldout and not isinstance(stages.eval, NoEval):
         log.warning("data: no held-out pairs (data.heldout_fraction=0?): eval measures the learned shifts only, "
                     "not held-out accuracy")
@@ -311,7 +313,8 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
     metrics.update(plan.report)
     metrics.update(planted_balance(data.train, plan.weights))  # synthetic data: the plan against the truth
     if not isinstance(stages.eval, NoEval):  # what eval.max_length will cut, said before training
-        metrics.update(stages.eval.count_cut(model.tokenizer, data.heldout + data.validation, probes))
+        metrics.update(stages.eval.count_cut(model.tokenizer, data.heldout + data.validation,
+                                             probes + data.validation_probes))
     with timer("train"):
         trained = stages.trainer.train(model, data.train, plan)
     metrics.update(trained.report)
@@ -323,6 +326,7 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
     with timer("eval"):
         measured, margins = stages.eval.run(trained, data.heldout, probes, table)
         validation, val_margins = stages.eval.accuracy(trained, data.validation, "validation")  # to choose settings by
+        validation.update(stages.eval.shifts(trained, data.validation_probes, split="validation"))
     metrics.update(measured)
     metrics.update(validation)
     base_margins = base_val_margins = None
@@ -335,10 +339,13 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
         metrics.update(accuracy_change(margins, base_margins))
         if data.validation:
             metrics.update(accuracy_change(val_margins, base_val_margins, split="validation"))
-        for key, value in list(base.items()):
-            concept = key.rsplit("/", 1)[-1]
-            if key.startswith("eval/baseline/shift/") and distinct_from_zero(value, base.get(f"eval/baseline/shift_se/{concept}")):
-                metrics[f"eval/shift_reduction/{concept}"] = 1.0 - metrics[f"eval/shift/{concept}"] / value
+        for split in ("", "validation_"):
+            for key, value in list(base.items()):
+                concept = key.rsplit("/", 1)[-1]
+                if key.startswith(f"eval/baseline/{split}shift/") and distinct_from_zero(
+                        value, base.get(f"eval/baseline/{split}shift_se/{concept}")):
+                    reduced = 1.0 - metrics[f"eval/{split}shift/{concept}"] / value
+                    metrics[f"eval/{split}shift_reduction/{concept}"] = reduced
     write_margins(out_dir, "heldout", data.heldout, margins, base_margins)
     write_margins(out_dir, "validation", data.validation, val_margins, base_val_margins)
     return metrics
@@ -358,12 +365,14 @@ def measure_baseline(stages, data, probes, model, fits: np.ndarray
         baseline = stages.trainer.train(model, data.train, Plan(weights=None if fits.all() else fits.astype(float)))
         measured, margins = stages.eval.measure(baseline, data.heldout, probes, prefix="eval/baseline")
         validation, val_margins = stages.eval.accuracy(baseline, data.validation, "validation", prefix="eval/baseline")
+        validation.update(stages.eval.shifts(baseline, data.validation_probes, "eval/baseline", "validation"))
         (folder / "metrics.json").write_text(json.dumps({**measured, **validation}, indent=1, sort_keys=True))
         np.save(folder / "heldout_margins.npy", margins)
         np.save(folder / "validation_margins.npy", val_margins)
 
-    texts = hashlib.sha256(repr((data.train, data.heldout, probes) + ((data.validation,) if data.validation else ())
-                                ).encode()).hexdigest()
+    validation = (data.validation,) if data.validation else ()  # (so entries from before validation pairs still serve)
+    validation += (data.validation_probes,) if data.validation_probes else ()
+    texts = hashlib.sha256(repr((data.train, data.heldout, probes) + validation).encode()).hexdigest()
     key = {"trainer": asdict(stages.trainer), "model": model.key, "data": texts, "eval": asdict(stages.eval),
            "code": stage_code(type(stages.trainer).__module__, type(stages.eval).__module__),
            "recipe": code_digest(measure_baseline),  # what it saves: an entry saved by another recipe is redone

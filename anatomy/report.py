@@ -11,10 +11,10 @@ the means and of the baselines and listed with the first line of its error.
 With `--against KEY=VALUE`, every job is also compared with its baseline job: the one with that
 override and the same other overrides (the same seed; overrides under `KEY.` are ignored, so
 `intervention.threshold` does not keep a filtering job from its `intervention=none` job). A learned
-shift (`eval/shift*`) gets its reduction, 1 - job / baseline; any other metric its ratio, job /
-baseline. The summary shows each as the value of the group's means, then the value per job in the
-order of the --over overrides: "92% (57%, 112%, 119%)"; a reduction is "n/a" where the baseline's shift
-is within 2 standard errors of 0. Where both jobs wrote `heldout.csv` for the
+shift (`eval/shift*`, `eval/validation_shift*`) gets its reduction, 1 - job / baseline; any other
+metric its ratio, job / baseline. The summary shows each as the value of the group's means, then the
+value per job in the order of the --over overrides: "92% (57%, 112%, 119%)"; a reduction is "n/a"
+where the baseline's shift is within 2 standard errors of 0. Where both jobs wrote `heldout.csv` for the
 same held-out pairs, the job's held-out accuracy change against its baseline job is paired pair by
 pair, with its standard error (`eval/heldout_accuracy_change`, `_se`), and listed per job:
 "-0.040 (-0.080 ± 0.021, -0.030 ± 0.018, -0.010 ± 0.015)"; so is the validation accuracy's
@@ -152,7 +152,7 @@ def summarize(table: pd.DataFrame, metrics: list[str], over: list[str]) -> pd.Da
     for m in present:
         out[m] = [f"{a:+.3f} ± {b:.3f}" if pd.notna(b) else f"{a:+.3f}" for a, b in zip(mean[m], sd[m])]
     for m in (m for m in present if f"baseline/{m}" in ok.columns):
-        shift = m.startswith("eval/shift")
+        shift = is_shift(m)
         se = f"baseline/{_se_of(m)}" if shift and f"baseline/{_se_of(m)}" in ok.columns else None
         out[f"{m} {'reduction' if shift else 'ratio'}"] = [
             _versus(rows[m].to_numpy(), rows[f"baseline/{m}"].to_numpy(), shift,
@@ -172,10 +172,15 @@ def _per_job(values: pd.Series, errors: pd.Series) -> str:
     return f"{np.mean([v for v, _ in pairs]):+.3f} ({', '.join(f'{v:+.3f} ± {e:.3f}' for v, e in pairs)})"
 
 
+def is_shift(metric: str) -> bool:
+    """A learned shift, on the probes or the validation probes: eval/shift*/x, eval/validation_shift*/x."""
+    return metric.startswith(("eval/shift", "eval/validation_shift"))
+
+
 def _se_of(metric: str) -> str | None:
     """The standard error's column of a learned shift: eval/shift_onset/x -> eval/shift_onset_se/x."""
     parts = metric.split("/")
-    return "/".join([parts[0], parts[1] + "_se", *parts[2:]]) if metric.startswith("eval/shift") and len(parts) > 2 else None
+    return "/".join([parts[0], parts[1] + "_se", *parts[2:]]) if is_shift(metric) and len(parts) > 2 else None
 
 
 def _versus(values, baselines, reduction: bool, errors=None) -> str:
@@ -199,7 +204,8 @@ def _versus(values, baselines, reduction: bool, errors=None) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anatomy-report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--metrics", nargs="*", default=None, help="metrics to summarize (default: eval/shift/*, eval/heldout_accuracy* and eval/validation_accuracy*, or audit/n_* for audits)")
+    parser.add_argument("--metrics", nargs="*", default=None, help="metrics to summarize (default: eval/shift/*, eval/heldout_accuracy*, eval/validation_accuracy* and "
+                        "eval/validation_shift/*, or audit/n_* for audits)")
     parser.add_argument("--over", nargs="*", default=["seed", "threads"],
                         help="overrides to aggregate over (default: seed, threads)")
     parser.add_argument("--against", default=None, metavar="KEY=VALUE",
@@ -208,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     table = gather(args.sweep_dir)
     metrics = args.metrics or [c for c in table.columns if c.startswith(("eval/shift/", "eval/heldout_accuracy",
-                                                                          "eval/validation_accuracy"))
+                                                                          "eval/validation_accuracy",
+                                                                          "eval/validation_shift/"))
                                and "baseline" not in c and "_accuracy_change" not in c] or [c for c in table.columns if c.startswith("audit/n_")]
     if args.against:
         table = against_baseline(table, args.against, [m for m in metrics if m in table.columns], args.sweep_dir)

@@ -68,6 +68,7 @@ class PreferenceData:
     report: dict[str, float] = field(default_factory=dict)  # rows read / dropped, for metrics.json
     background: list[tuple[str, str]] = field(default_factory=list)  # (prompt, response) texts with no preference
     validation: list[PreferencePair] = field(default_factory=list)  # set apart from held-out (`set_aside_validation`)
+    validation_probes: list[Probe] = field(default_factory=list)  # drawn apart from `probes`, to choose settings by
 
     def texts(self) -> list[tuple[str, str]]:
         """Every (prompt, response) of every split, then the background texts: what a model or SAE is

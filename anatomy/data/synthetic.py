@@ -254,4 +254,6 @@ class SyntheticData:
         concepts = [] if self.coin_flip else self.concepts()
         background = self.background(random.Random(self.seed + 2_000_003))
         data = PreferenceData(train, heldout, concepts, probes, {"data/rows": float(len(pairs))}, background)
+        if self.validation_fraction > 0:  # a second draw, so settings chosen on validation never read `probes`
+            data.validation_probes = self.probes(random.Random(self.seed + 3_000_017))
         return set_aside_validation(data, self.validation_fraction)

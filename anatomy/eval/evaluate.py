@@ -68,35 +68,36 @@ def load_probes(path: str) -> list[Probe]:
     return _read_probes(path)[0]
 
 
-def _read_probes(path: str) -> tuple[list[Probe], bool]:
-    """`load_probes`, and whether any row was a model-written evaluation (named after the file)."""
-    rows = read_rows(path, option="eval.probes")
+def _read_probes(path: str, option: str = "eval.probes") -> tuple[list[Probe], bool]:
+    """`load_probes`, and whether any row was a model-written evaluation (named after the file);
+    errors name `option`, the config key that gave the file."""
+    rows = read_rows(path, option=option)
     behaviour = behaviour_name(path)
     probes, named_after_file = [], False
     for i, row in enumerate(rows):
         if "concept" not in row and all(k in row for k in EVALS_FIELDS):
             if not all(isinstance(row[k], str) and row[k] for k in EVALS_FIELDS):
-                raise AnatomyError(f"eval.probes={path!r}: row {i} has an empty or non-string field")
+                raise AnatomyError(f"{option}={path!r}: row {i} has an empty or non-string field")
             probes.append(Probe(behaviour, EVALS_PROMPT.format(question=row["question"]),
                                 row["answer_matching_behavior"], row["answer_not_matching_behavior"]))
             named_after_file = True
             continue
         missing = [k for k in ("concept", "prompt", "positive", "negative") if k not in row]
         if missing:
-            raise AnatomyError(f"eval.probes={path!r}: row {i} lacks {missing} (or, for a model-written "
+            raise AnatomyError(f"{option}={path!r}: row {i} lacks {missing} (or, for a model-written "
                                f"evaluation, {list(EVALS_FIELDS)})")
         if not all(isinstance(row[k], str) and row[k] for k in ("concept", "positive", "negative")):
-            raise AnatomyError(f"eval.probes={path!r}: row {i} has an empty or non-string field")
+            raise AnatomyError(f"{option}={path!r}: row {i} has an empty or non-string field")
         if row["prompt"] is not None and not isinstance(row["prompt"], str):
-            raise AnatomyError(f"eval.probes={path!r}: row {i}: prompt is not a string")
+            raise AnatomyError(f"{option}={path!r}: row {i}: prompt is not a string")
         if row["positive"] == row["negative"]:
-            raise AnatomyError(f"eval.probes={path!r}: row {i}: positive and negative are the same text, so they "
+            raise AnatomyError(f"{option}={path!r}: row {i}: positive and negative are the same text, so they "
                                "differ in no concept (its shift would be 0 whatever the model learned)")
         probes.append(Probe(row["concept"], row["prompt"] or "", row["positive"], row["negative"]))
     return probes, named_after_file
 
 
-def probe_files(files: list[str]) -> list[Probe]:
+def probe_files(files: list[str], option: str = "eval.probes") -> list[Probe]:
     """The probes of several files, refusing a file listed twice and two model-written evaluations
     that would be named alike (`persona/x.jsonl` and `other/x.jsonl` would silently merge into one
     concept `x`, and its shift would average two behaviours)."""
@@ -104,14 +105,14 @@ def probe_files(files: list[str]) -> list[Probe]:
     for f in files:
         key = Path(f).resolve()
         if key in seen:
-            raise AnatomyError(f"eval.probes lists {seen[key]!r} twice (as {f!r}): its probes would count twice")
+            raise AnatomyError(f"{option} lists {seen[key]!r} twice (as {f!r}): its probes would count twice")
         seen[key] = f
-        read, named_after_file = _read_probes(f)
+        read, named_after_file = _read_probes(f, option)
         if named_after_file:
             behaviour = behaviour_name(f)
             if behaviour in named:
                 raise AnatomyError(
-                    f"eval.probes: {named[behaviour]!r} and {f!r} are model-written evaluations of the same "
+                    f"{option}: {named[behaviour]!r} and {f!r} are model-written evaluations of the same "
                     f"name, so both would be the concept {behaviour!r} and their probes would merge; "
                     "copy one to a file of another name")
             named[behaviour] = f
@@ -153,6 +154,7 @@ class Evaluate:
     """Held-out accuracy and per-concept learned shifts."""
 
     probes: str | list[str] | None = None  # JSON Lines file(s) of probe pairs (load_probes); null = the data's own
+    validation_probes: str | list[str] | None = None  # probe file(s) to choose settings by, apart; null = the data's
     compare_baseline: bool = True  # also train without intervention and report the shift it removed
     max_length: int = 256  # tokens per prompt + response when scoring
     batch_size: int = 64  # texts per scoring batch
@@ -165,6 +167,17 @@ class Evaluate:
             log.warning("eval: the data source has no probe pairs and eval.probes is not set: "
                         "no per-concept shifts will be measured")
         return probes
+
+    def validation_probe_set(self, data) -> list[Probe]:
+        """The probes that measure the shifts on validation (`eval/validation_shift/<concept>`), apart from
+        `probe_set`'s, so that settings chosen by them never read the probes of the final numbers: the
+        `validation_probes` files, or else the data's own (synthetic data, with `data.validation_fraction`;
+        none when `probes` names files, whose concepts the data's own would not match)."""
+        given = self.validation_probes
+        files = [given] if isinstance(given, str) else list(given or [])
+        if files:
+            return probe_files(files, option="eval.validation_probes")
+        return [] if self.probes else list(data.validation_probes)
 
     def count_cut(self, tokenizer, heldout: list[PreferencePair], probes: list[Probe]) -> dict[str, float]:
         """`eval/responses_cut`: the held-out and probe responses longer than `max_length`, which are
@@ -218,10 +231,16 @@ class Evaluate:
         """What the trained model learned: held-out accuracy and per-concept shifts (needs no audit).
         -> (metrics, each held-out pair's margin: the implicit reward's chosen - rejected for DPO, the
         reward's for a reward model; > 0 is a pair the model gets right)"""
-        kind, tok = trained.kind, trained.tokenizer
         metrics, reward = self.accuracy(trained, heldout, "heldout", prefix)
+        return {**metrics, **self.shifts(trained, probes, prefix)}, reward
+
+    def shifts(self, trained, probes: list[Probe], prefix: str = "eval", split: str = "") -> dict[str, float]:
+        """Each probed concept's learned shift (see the module docstring), as `<prefix>/shift/<concept>`
+        and so on, with `split` (validation) `<prefix>/<split>_shift/<concept>`; each with its s.e."""
         if not probes:
-            return metrics, reward
+            return {}
+        kind, tok = trained.kind, trained.tokenizer
+        metrics: dict[str, float] = {}
         pos = [(p.prompt, p.positive) for p in probes]
         neg = [(p.prompt, p.negative) for p in probes]
         if kind == "dpo":  # continuations for the shift; the complete response and the onset alongside (one pass)
@@ -235,10 +254,11 @@ class Evaluate:
             by_concept: dict[str, list[float]] = defaultdict(list)
             for probe, d in zip(probes, values):
                 by_concept[probe.concept].append(float(d))
+            name = f"{split}_{name}" if split else name
             for concept, v in by_concept.items():
                 metrics[f"{prefix}/{name}/{concept}"] = float(np.mean(v))
                 metrics[f"{prefix}/{name}_se/{concept}"] = float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-        return metrics, reward
+        return metrics
 
     @staticmethod
     def compare(measured: dict[str, float], table: pd.DataFrame, prefix: str = "eval") -> dict[str, float]:

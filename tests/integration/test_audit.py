@@ -111,7 +111,8 @@ def test_validation_pairs_take_the_replication_and_leave_the_heldout_ones_untouc
     """With data.validation_fraction, the hypotheses are tested again on the validation pairs (set apart
     from the held-out ones), so no decision reads the held-out pairs that give the final numbers; the
     model, SAE and audit are those of the run without (the same texts and training pairs), and a
-    trained run reports its validation accuracy, to choose settings by, next to the held-out one."""
+    trained run reports its validation accuracy and its shifts on validation probes, to choose
+    settings by, next to the held-out ones."""
     metrics, _ = default_audit
     # the default study, 2 DPO steps; its baseline alongside is measured on the validation pairs too
     split, out = run_study(tmp_path / "split", *SMALL, "data.validation_fraction=0.1", "trainer.max_steps=2")
@@ -124,6 +125,11 @@ def test_validation_pairs_take_the_replication_and_leave_the_heldout_ones_untouc
     assert 0 <= split["eval/validation_accuracy"] <= 1 and split["eval/validation_accuracy_before"] == 0.5
     assert 0 <= split["eval/baseline/validation_accuracy"] <= 1
     assert "eval/validation_accuracy_same/markdown" in split and "eval/heldout_accuracy" in split
+    # the shifts on the validation probes (drawn apart from the probes), for the run and its baseline
+    concepts = {k.rsplit("/", 1)[-1] for k in split if k.startswith("eval/shift/")}
+    assert concepts and {k.rsplit("/", 1)[-1] for k in split if k.startswith("eval/validation_shift/")} == concepts
+    assert all(f"eval/baseline/validation_shift/{c}" in split for c in concepts)
+    assert split["eval/validation_shift/markdown"] != split["eval/shift/markdown"]
     assert len(pd.read_csv(out / "heldout.csv")) == split["data/heldout"]  # the final numbers' pairs only
     # validation.csv: each validation pair under the trained model and the baseline; the change is paired on them
     validation = pd.read_csv(out / "validation.csv")

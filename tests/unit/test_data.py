@@ -321,6 +321,13 @@ def test_data_sources_set_apart_validation_pairs(source, tmp_path):
     assert 20 <= len(split.validation) <= 22 and split.texts() == plain.texts()
     if source == "local":
         assert split.report["data/heldout"] == len(split.heldout) < plain.report["data/heldout"]
+        assert split.validation_probes == []  # (a user's probes are files: eval.validation_probes)
+    else:  # validation probes of their own: the same concepts, drawn apart from the probes, reproducibly
+        assert plain.validation_probes == [] and split.probes == plain.probes
+        assert len(split.validation_probes) == len(split.probes)
+        assert {p.concept for p in split.validation_probes} == {p.concept for p in split.probes}
+        assert len(set(split.validation_probes) & set(split.probes)) < 0.1 * len(split.probes)
+        assert make(validation_fraction=0.1).load().validation_probes == split.validation_probes
     for bad in (0.2, 0.5, -0.1):  # a part of the held-out split (0.2 of the pairs), so less than it
         with pytest.raises(AnatomyError, match=r"data.validation_fraction must be 0 or in \(0, data.heldout_fraction=0.2\)"):
             make(validation_fraction=bad)

@@ -4,6 +4,8 @@ scoring (on a small random model)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -204,6 +206,11 @@ def test_the_summary_of_a_run_without_probes_still_says_what_it_trained_and_its_
                                    "data/validation": 80.0}, path).splitlines()
     assert ("validation accuracy 0.625 (without intervention 0.650) on 80 pairs set apart from the held-out ones "
             "(choose settings by it, report held-out)") in validated
+    assert not any(line.startswith("shift on the validation probes") for line in validated)
+    probed = summary(metrics | {"eval/validation_shift/markdown": -0.25, "eval/baseline/validation_shift/markdown": 1.5,
+                                "eval/validation_shift/tone": 0.5}, path).splitlines()
+    assert ("shift on the validation probes, drawn apart from the probes above (choose settings by it): markdown -0.25 "
+            "(without intervention +1.50), tone +0.50") in probed
     ablated = {k: v for k, v in metrics.items() if not k.startswith(("intervention/", "train/pairs_too"))}
     text = summary(ablated | {"intervention/edit_energy/blocks.2.hook_resid_post": 0.57}, path)
     assert "intervention: 1 blocked and 0 amplified features (selection.json); blocks.2.hook_resid_post edited " \
@@ -313,3 +320,22 @@ def test_the_summary_prints_a_top_token_that_pandas_would_read_as_missing(tmp_pa
     text = summary({"audit/n_pairs": 10.0, "audit/n_tested": 5.0, "audit/n_significant": 2.0}, path)
     rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["3"], ["4"])]
     assert [r[-1] for r in rows] == ["None", "NA|null"]
+
+
+def test_validation_probes_are_the_files_given_or_else_the_datas_own(tmp_path):
+    """`eval.validation_probes` (to choose settings by) never falls back to `eval.probes`: files given,
+    or else the data's own validation probes, but none when `eval.probes` names files (the data's would
+    measure other concepts)."""
+    from types import SimpleNamespace
+
+    from anatomy.data.schema import Probe
+
+    own = [Probe("markdown", "q", " a ## b", " a")]
+    data = SimpleNamespace(probes=[Probe("markdown", "q", " x ## y", " x")], validation_probes=own)
+    path = tmp_path / "val.jsonl"
+    path.write_text(json.dumps({"concept": "tone", "prompt": "q", "positive": " yes!", "negative": " yes"}) + "\n")
+    assert Evaluate().validation_probe_set(data) == own
+    assert Evaluate(validation_probes=str(path)).validation_probe_set(data) == [Probe("tone", "q", " yes!", " yes")]
+    assert Evaluate(probes=str(path)).validation_probe_set(data) == []
+    with pytest.raises(AnatomyError, match="eval.validation_probes"):  # the key that named the file
+        Evaluate(validation_probes=str(tmp_path / "missing.jsonl")).validation_probe_set(data)

@@ -163,3 +163,20 @@ def test_overrides_read_as_typed_not_as_hydra_escapes_them(tmp_path):
     job(sweep, "0", ["select.block=[group\\:5]", "seed=0"], {"audit/n_tested": 3.0})
     report([str(sweep)])
     assert pd.read_csv(sweep / "report.csv").loc[0, "override/select.block"] == "[group:5]"
+
+
+def test_a_validation_shift_gets_a_reduction_with_its_own_standard_error(sweep):
+    """`eval/validation_shift/<concept>` (the shift on the validation probes, to choose settings by) is
+    a learned shift like `eval/shift`: reduced against the baseline, "n/a" within 2 s.e. of 0, and
+    listed by default."""
+    for name in ("0", "1", "2", "3", "4", "5"):  # none and ablation at seeds 2, 10, 0
+        metrics = json.loads((sweep / name / "metrics.json").read_text())
+        (sweep / name / "metrics.json").write_text(json.dumps({
+            **metrics, "eval/validation_shift/markdown": metrics["eval/shift/markdown"] / 2,
+            "eval/validation_shift_se/markdown": 0.6 if name == "0" else 0.05}))  # seed 2's none: +1.0 ± 0.6
+    report([str(sweep), "--against", "intervention=none"])
+    summary = (sweep / "report.md").read_text()
+    header = next(line for line in summary.splitlines() if "eval/validation_shift/markdown reduction" in line)
+    assert "eval/shift/markdown reduction" in header  # both, by default
+    assert "86% (75%, 50%, 200%)" in summary  # the probes' shift
+    assert "86% (75%, n/a, 200%)" in summary  # the validation probes': half of each, seed 2's within noise
