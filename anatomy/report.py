@@ -4,6 +4,7 @@
                                                          # (report.png: the learned shifts, if the jobs measured any)
     anatomy-report SWEEP_DIR --metrics eval/shift/markdown eval/heldout_accuracy --over seed
     anatomy-report SWEEP_DIR --against intervention=none   # + each arm against none, seed by seed
+    anatomy-report SWEEP_DIR --against intervention=none --choose markdown   # + each arm's setting chosen on validation
 
 Jobs are grouped by their overrides except those named by --over (default: seed, threads); each metric is
 shown as mean +/- sd over the group. A job that failed (its error.txt, or no metrics.json) is left out of
@@ -19,6 +20,8 @@ same held-out pairs, the job's held-out accuracy change against its baseline job
 pair, with its standard error (`eval/heldout_accuracy_change`, `_se`), and listed per job:
 "-0.040 (-0.080 ± 0.021, -0.030 ± 0.018, -0.010 ± 0.015)"; so is the validation accuracy's
 (`eval/validation_accuracy_change`) where both wrote `validation.csv`.
+With `--choose CONCEPT` (jobs with validation pairs and probes), each arm's setting is chosen on
+validation alone (`choose`) and shown with its held-out numbers, in choice.md and choice.csv.
 """
 
 from __future__ import annotations
@@ -201,6 +204,47 @@ def _versus(values, baselines, reduction: bool, errors=None) -> str:
     return f"{one(v.mean(), b.mean(), mean_se)} ({', '.join(one(x, y, z) for x, y, z in paired)})"
 
 
+def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float, over: list[str]) -> pd.DataFrame:
+    """Per value of the --against key (each intervention), the setting chosen on validation alone:
+    among its settings (its jobs grouped by the other overrides but `over`) whose reduction of
+    `eval/validation_shift/<concept>` (of the means over the group's jobs) is at least `min_reduction`,
+    the one with the highest `eval/validation_accuracy` ratio; if none reaches it, the one with the
+    largest reduction. Next to it, its held-out numbers, which the choice did not read."""
+    key = f"override/{against.partition('=')[0]}"
+    need = [f"eval/validation_shift/{concept}", "eval/validation_accuracy", f"eval/shift/{concept}", "eval/heldout_accuracy"]
+    lacking = [m for m in need if f"baseline/{m}" not in table.columns or table[f"baseline/{m}"].isna().all()]
+    if lacking:
+        raise SystemExit(f"anatomy-report --choose {concept}: no job has {', '.join(lacking)} with a baseline job; "
+                         "choosing needs validation pairs and probes (data.validation_fraction) in every job")
+    jobs = table[(table["status"] == "ok") & table[[f"baseline/{m}" for m in need]].notna().all(axis=1)]
+    settings = [c for c in jobs.columns if c.startswith("override/") and c.split("/", 1)[1] not in over
+                and c not in (key, "override/experiment")]  # (the intervention's own, intervention.threshold, too)
+    label = pd.Series([" ".join(f"{c.split('/', 1)[1]}={v}" for c, v in zip(settings, row) if pd.notna(v)) or "defaults"
+                       for row in jobs[settings].itertuples(index=False)], index=jobs.index)
+    rows = []
+    for arm, arm_jobs in jobs.groupby(key, sort=True):
+        found = []
+        for setting, group in arm_jobs.groupby(label[arm_jobs.index], sort=True):
+            mean = group[need + [f"baseline/{m}" for m in need]].mean()
+            ratio = [mean[m] / mean[f"baseline/{m}"] for m in need]
+            found.append({"setting": setting, "jobs": len(group), "validation reduction": 1 - ratio[0],
+                          "validation accuracy ratio": ratio[1], "held-out reduction": 1 - ratio[2],
+                          "held-out accuracy ratio": ratio[3]})
+        meets = [f for f in found if f["validation reduction"] >= min_reduction]
+        best = (max(meets, key=lambda f: f["validation accuracy ratio"]) if meets
+                else max(found, key=lambda f: f["validation reduction"]))
+        tried = "; ".join(f"{f['setting']}: {f['validation reduction']:.0%}, {f['validation accuracy ratio']:.2f}"
+                          for f in found)
+        rows.append({key.split("/", 1)[1]: arm, "chosen": best["setting"], "jobs": best["jobs"],
+                     f"validation {concept} reduction": f"{best['validation reduction']:.0%}",
+                     "validation accuracy ratio": f"{best['validation accuracy ratio']:.2f}",
+                     f"held-out {concept} reduction": f"{best['held-out reduction']:.0%}",
+                     "held-out accuracy ratio": f"{best['held-out accuracy ratio']:.2f}",
+                     "reached the reduction": "yes" if meets else "no: the largest reduction",
+                     "settings (validation reduction, accuracy ratio)": tried})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anatomy-report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
@@ -211,14 +255,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--against", default=None, metavar="KEY=VALUE",
                         help="compare each job with the job that has this override and the same others "
                              "(e.g. intervention=none): shift reductions and metric ratios")
+    parser.add_argument("--choose", default=None, metavar="CONCEPT",
+                        help="with --against: per intervention, the setting chosen on validation pairs and probes "
+                             "(see `choose`), with its held-out numbers; writes choice.md and choice.csv")
+    parser.add_argument("--min-reduction", type=float, default=0.8,
+                        help="--choose: the validation shift reduction a setting must reach (default 0.8)")
     args = parser.parse_args(argv)
+    if args.choose and not args.against:
+        parser.error("--choose needs --against (e.g. --against intervention=none)")
     table = gather(args.sweep_dir)
     metrics = args.metrics or [c for c in table.columns if c.startswith(("eval/shift/", "eval/heldout_accuracy",
                                                                           "eval/validation_accuracy",
                                                                           "eval/validation_shift/"))
                                and "baseline" not in c and "_accuracy_change" not in c] or [c for c in table.columns if c.startswith("audit/n_")]
     if args.against:
-        table = against_baseline(table, args.against, [m for m in metrics if m in table.columns], args.sweep_dir)
+        compared = metrics + ([f"eval/validation_shift/{args.choose}", "eval/validation_accuracy",
+                               f"eval/shift/{args.choose}", "eval/heldout_accuracy"] if args.choose else [])
+        table = against_baseline(table, args.against, [m for m in dict.fromkeys(compared) if m in table.columns],
+                                 args.sweep_dir)
     summary = summarize(table, metrics, args.over)
     table.to_csv(args.sweep_dir / "report.csv", index=False)
     text = summary.to_markdown(index=False) if _has_tabulate() else summary.to_string(index=False)
@@ -234,7 +288,17 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     for line in mixed:
         print(line)
-    wrote = "report.csv, report.md, " + ("report.png, " if figure else "") + "report.html"
+    if args.choose:
+        chosen = choose(table, args.against, args.choose, args.min_reduction, args.over)
+        shown = chosen.to_markdown(index=False) if _has_tabulate() else chosen.to_string(index=False)
+        rule = (f"chosen on validation alone: per {args.against.partition('=')[0]}, among the settings that remove at least "
+                f"{args.min_reduction:.0%} of {args.choose}'s shift on the validation probes, the highest validation "
+                "accuracy ratio; the held-out numbers are on pairs and probes the choice did not read")
+        (args.sweep_dir / "choice.md").write_text(f"{rule}\n\n{shown}\n")
+        chosen.to_csv(args.sweep_dir / "choice.csv", index=False)
+        print(f"\n{rule}\n{shown}")
+    wrote = "report.csv, report.md, " + ("report.png, " if figure else "") + "report.html" + (
+        ", choice.md, choice.csv" if args.choose else "")
     print(f"\n{len(table)} jobs ({len(failed)} failed); wrote {wrote} "
           f"in {args.sweep_dir}")
 

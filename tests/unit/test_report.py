@@ -180,3 +180,47 @@ def test_a_validation_shift_gets_a_reduction_with_its_own_standard_error(sweep):
     assert "eval/shift/markdown reduction" in header  # both, by default
     assert "86% (75%, 50%, 200%)" in summary  # the probes' shift
     assert "86% (75%, n/a, 200%)" in summary  # the validation probes': half of each, seed 2's within noise
+
+
+def _validated(sweep, name, overrides, val_shift, val_acc, shift, acc):
+    job(sweep, name, overrides, {"eval/validation_shift/markdown": val_shift, "eval/validation_accuracy": val_acc,
+                                 "eval/shift/markdown": shift, "eval/heldout_accuracy": acc})
+
+
+def test_choose_picks_each_arms_setting_on_validation_alone(tmp_path):
+    """--choose: among an arm's settings that remove at least --min-reduction of the concept's shift on
+    the validation probes, the highest validation accuracy ratio; else the largest reduction. The
+    held-out numbers are shown, never read: here the held-out accuracy favours another setting."""
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        _validated(sweep, f"none{seed}", ["intervention=none", f"seed={seed}"], 2.0, 0.80, 2.0, 0.80)
+        # threshold 0.5: 100% removed at 0.90x on validation; 1.0: 85% at 0.95x; 1.5: 25% at 1.00x
+        _validated(sweep, f"f05_{seed}", ["intervention=data_filtering", "intervention.threshold=0.5", f"seed={seed}"],
+                   0.0, 0.72, 0.0, 0.80)  # (held out: 1.00x, the best there; not what is chosen)
+        _validated(sweep, f"f10_{seed}", ["intervention=data_filtering", "intervention.threshold=1.0", f"seed={seed}"],
+                   0.3, 0.76, 0.4, 0.72)
+        _validated(sweep, f"f15_{seed}", ["intervention=data_filtering", "intervention.threshold=1.5", f"seed={seed}"],
+                   1.5, 0.80, 1.5, 0.80)
+        # reweighting reaches 80% in no setting: the largest reduction (its defaults, 50%) is taken
+        _validated(sweep, f"r_{seed}", ["intervention=data_reweighting", f"seed={seed}"], 1.0, 0.78, 1.2, 0.76)
+        _validated(sweep, f"r1_{seed}", ["intervention=data_reweighting", "intervention.n_bins=1", f"seed={seed}"],
+                   1.4, 0.80, 1.0, 0.80)
+    report([str(sweep), "--against", "intervention=none", "--choose", "markdown"])
+    chosen = pd.read_csv(sweep / "choice.csv", dtype=str).set_index("intervention")
+    assert chosen.index.tolist() == ["data_filtering", "data_reweighting"]  # (none is the baseline)
+    assert chosen.iloc[:, :7].values.tolist() == [
+        ["intervention.threshold=1.0", "2", "85%", "0.95", "80%", "0.90", "yes"],
+        ["defaults", "2", "50%", "0.97", "40%", "0.95", "no: the largest reduction"]]
+    tried = chosen.loc["data_filtering", "settings (validation reduction, accuracy ratio)"]
+    assert "intervention.threshold=0.5: 100%, 0.90" in tried and "intervention.threshold=1.5: 25%, 1.00" in tried
+    assert "intervention.threshold=1.0" in (sweep / "choice.md").read_text()
+    report([str(sweep), "--against", "intervention=none", "--choose", "markdown", "--min-reduction", "0.9"])
+    chosen = pd.read_csv(sweep / "choice.csv", dtype=str).set_index("intervention")
+    assert chosen.loc["data_filtering", "chosen"] == "intervention.threshold=0.5"
+
+
+def test_choose_needs_validation_numbers_and_a_baseline(sweep):
+    with pytest.raises(SystemExit, match="eval/validation_shift/markdown.*data.validation_fraction"):
+        report([str(sweep), "--against", "intervention=none", "--choose", "markdown"])
+    with pytest.raises(SystemExit):
+        report([str(sweep), "--choose", "markdown"])  # (argparse: --choose needs --against)
