@@ -283,7 +283,8 @@ def accuracy_lines(metrics: dict, shifts: bool) -> list[str]:
                    + ("" if base is None else f" (without intervention {base:.3f}{_change(metrics, 'validation')})")
                    + f" on {int(metrics['data/validation'])} pairs set apart from the held-out ones (choose settings "
                    "by it, report held-out)")
-    shifts_there = sorted((k.rsplit("/", 1)[-1], v) for k, v in metrics.items() if k.startswith("eval/validation_shift/"))
+    shifts_there = sorted((k.rsplit("/", 1)[-1], v) for k, v in metrics.items()
+                          if k.startswith("eval/validation_shift/"))
     if shifts_there:
         base = {c: metrics.get(f"eval/baseline/validation_shift/{c}") for c, _ in shifts_there}
         out.append("shift on the validation probes, drawn apart from the probes above (choose settings by it): "

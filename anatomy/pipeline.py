@@ -339,13 +339,11 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
         metrics.update(accuracy_change(margins, base_margins))
         if data.validation:
             metrics.update(accuracy_change(val_margins, base_val_margins, split="validation"))
-        for split in ("", "validation_"):
-            for key, value in list(base.items()):
-                concept = key.rsplit("/", 1)[-1]
-                if key.startswith(f"eval/baseline/{split}shift/") and distinct_from_zero(
-                        value, base.get(f"eval/baseline/{split}shift_se/{concept}")):
-                    reduced = 1.0 - metrics[f"eval/{split}shift/{concept}"] / value
-                    metrics[f"eval/{split}shift_reduction/{concept}"] = reduced
+        for key, value in list(base.items()):  # on the probes, and on the validation probes
+            measure, _, concept = key.removeprefix("eval/baseline/").partition("/")
+            if measure in ("shift", "validation_shift") and distinct_from_zero(
+                    value, base.get(f"eval/baseline/{measure}_se/{concept}")):
+                metrics[f"eval/{measure}_reduction/{concept}"] = 1.0 - metrics[f"eval/{measure}/{concept}"] / value
     write_margins(out_dir, "heldout", data.heldout, margins, base_margins)
     write_margins(out_dir, "validation", data.validation, val_margins, base_val_margins)
     return metrics
@@ -354,10 +352,10 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
 def measure_baseline(stages, data, probes, model, fits: np.ndarray
                      ) -> tuple[dict[str, float], np.ndarray, np.ndarray, bool]:
     """The same training without intervention (on the same pairs that fit), measured, through the
-    stage cache (keyed by the trainer, the model, the pairs and probes, the eval config, and the source
-    of the code that trains and measures it, so a cached baseline measured by older code is redone): a sweep over
-    interventions or selections trains it once. -> (eval/baseline/* metrics, its held-out margins, its
-    validation margins, cache hit)"""
+    stage cache (keyed by the trainer, the model, the pairs and probes, the eval config, and the
+    source of the code that trains and measures it, so a cached baseline measured by older code is
+    redone): a sweep over interventions or selections trains it once. -> (eval/baseline/* metrics,
+    its held-out margins, its validation margins, cache hit)"""
     import hashlib
     import json
 
@@ -370,9 +368,9 @@ def measure_baseline(stages, data, probes, model, fits: np.ndarray
         np.save(folder / "heldout_margins.npy", margins)
         np.save(folder / "validation_margins.npy", val_margins)
 
-    validation = (data.validation,) if data.validation else ()  # (so entries from before validation pairs still serve)
-    validation += (data.validation_probes,) if data.validation_probes else ()
-    texts = hashlib.sha256(repr((data.train, data.heldout, probes) + validation).encode()).hexdigest()
+    chosen_by = (data.validation,) if data.validation else ()  # (so entries from before validation pairs still serve)
+    chosen_by += (data.validation_probes,) if data.validation_probes else ()
+    texts = hashlib.sha256(repr((data.train, data.heldout, probes) + chosen_by).encode()).hexdigest()
     key = {"trainer": asdict(stages.trainer), "model": model.key, "data": texts, "eval": asdict(stages.eval),
            "code": stage_code(type(stages.trainer).__module__, type(stages.eval).__module__),
            "recipe": code_digest(measure_baseline),  # what it saves: an entry saved by another recipe is redone

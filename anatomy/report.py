@@ -211,7 +211,8 @@ def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float
     the one with the highest `eval/validation_accuracy` ratio; if none reaches it, the one with the
     largest reduction. Next to it, its held-out numbers, which the choice did not read."""
     key = f"override/{against.partition('=')[0]}"
-    need = [f"eval/validation_shift/{concept}", "eval/validation_accuracy", f"eval/shift/{concept}", "eval/heldout_accuracy"]
+    need = [f"eval/validation_shift/{concept}", "eval/validation_accuracy",  # what the choice reads
+            f"eval/shift/{concept}", "eval/heldout_accuracy"]  # what it reports
     lacking = [m for m in need if f"baseline/{m}" not in table.columns or table[f"baseline/{m}"].isna().all()]
     if lacking:
         raise SystemExit(f"anatomy-report --choose {concept}: no job has {', '.join(lacking)} with a baseline job; "
@@ -248,8 +249,9 @@ def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="anatomy-report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--metrics", nargs="*", default=None, help="metrics to summarize (default: eval/shift/*, eval/heldout_accuracy*, eval/validation_accuracy* and "
-                        "eval/validation_shift/*, or audit/n_* for audits)")
+    parser.add_argument("--metrics", nargs="*", default=None,
+                        help="metrics to summarize (default: eval/shift/*, eval/heldout_accuracy*, "
+                             "eval/validation_accuracy* and eval/validation_shift/*, or audit/n_* for audits)")
     parser.add_argument("--over", nargs="*", default=["seed", "threads"],
                         help="overrides to aggregate over (default: seed, threads)")
     parser.add_argument("--against", default=None, metavar="KEY=VALUE",
@@ -291,9 +293,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.choose:
         chosen = choose(table, args.against, args.choose, args.min_reduction, args.over)
         shown = chosen.to_markdown(index=False) if _has_tabulate() else chosen.to_string(index=False)
-        rule = (f"chosen on validation alone: per {args.against.partition('=')[0]}, among the settings that remove at least "
-                f"{args.min_reduction:.0%} of {args.choose}'s shift on the validation probes, the highest validation "
-                "accuracy ratio; the held-out numbers are on pairs and probes the choice did not read")
+        rule = (f"chosen on validation alone: per {args.against.partition('=')[0]}, among the settings that remove "
+                f"at least {args.min_reduction:.0%} of {args.choose}'s shift on the validation probes, the highest "
+                "validation accuracy ratio; the held-out numbers are on pairs and probes the choice did not read")
         (args.sweep_dir / "choice.md").write_text(f"{rule}\n\n{shown}\n")
         chosen.to_csv(args.sweep_dir / "choice.csv", index=False)
         print(f"\n{rule}\n{shown}")

@@ -154,7 +154,7 @@ class Evaluate:
     """Held-out accuracy and per-concept learned shifts."""
 
     probes: str | list[str] | None = None  # JSON Lines file(s) of probe pairs (load_probes); null = the data's own
-    validation_probes: str | list[str] | None = None  # probe file(s) to choose settings by, apart; null = the data's
+    validation_probes: str | list[str] | None = None  # probe file(s) for eval/validation_shift/*; null = the data's own
     compare_baseline: bool = True  # also train without intervention and report the shift it removed
     max_length: int = 256  # tokens per prompt + response when scoring
     batch_size: int = 64  # texts per scoring batch
