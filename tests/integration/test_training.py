@@ -679,7 +679,7 @@ def test_persona_evaluations_measure_what_dpo_on_hh_rlhf_taught(shared_data, tmp
     assert {k.rsplit("/", 1)[-1] for k in metrics if k.startswith("eval/shift/")} == {"narcissism", "agreeableness"}
 
 
-def test_dpo_with_feature_ablation_on_hh_rlhf(shared_data, tmp_path):
+def test_dpo_with_feature_ablation_on_hh_rlhf(shared_data, tmp_path, caplog):
     """The whole loop on 200 pairs of the shared HH-RLHF harmless split: audit, then block its
     strongest hypothesis by id (no planted concept to name here) and train DPO under the ablation."""
 
@@ -696,8 +696,11 @@ def test_dpo_with_feature_ablation_on_hh_rlhf(shared_data, tmp_path):
     energy = [v for k, v in metrics.items() if k.startswith("intervention/edit_energy/")]
     assert len(energy) == 1 and 0.0 < energy[0] < 1.0
     assert metrics["train/steps"] == 6.0
-    # TRL drops the pairs whose prompt alone fills trainer.max_length (long HH-RLHF dialogues): counted
+    # TRL drops the pairs whose prompt alone fills trainer.max_length (long HH-RLHF dialogues): they are
+    # found before the plan (on real dialogues, exactly the ones TRL drops: it drops none of the rest)
     assert metrics["train/pairs"] + metrics["train/pairs_too_long"] == metrics["data/train"]
+    assert metrics["train/pairs_too_long"] > 0 and "do not fit, their prompt alone filling" in caplog.text
+    assert "TRL dropped" not in caplog.text
     assert metrics["train/pairs"] > 0.5 * metrics["data/train"]
     assert metrics["eval/heldout_accuracy_before"] == 0.5
     heldout = pd.read_csv(out / "heldout.csv")  # the accuracy is that of the margins it wrote, pair by pair
