@@ -220,8 +220,9 @@ def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float
     jobs = table[(table["status"] == "ok") & table[[f"baseline/{m}" for m in need]].notna().all(axis=1)]
     settings = [c for c in jobs.columns if c.startswith("override/") and c.split("/", 1)[1] not in over
                 and c not in (key, "override/experiment")]  # (the intervention's own, intervention.threshold, too)
-    label = pd.Series([" ".join(f"{c.split('/', 1)[1]}={v}" for c, v in zip(settings, row) if pd.notna(v)) or "defaults"
-                       for row in jobs[settings].itertuples(index=False)], index=jobs.index)
+    named = [" ".join(f"{c.split('/', 1)[1]}={v}" for c, v in zip(settings, row) if pd.notna(v))
+             for row in jobs[settings].itertuples(index=False)]
+    label = pd.Series([name or "defaults" for name in named], index=jobs.index)
     rows = []
     for arm, arm_jobs in jobs.groupby(key, sort=True):
         found = []
