@@ -209,7 +209,9 @@ def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float
     among its settings (its jobs grouped by the other overrides but `over`) whose reduction of
     `eval/validation_shift/<concept>` (of the means over the group's jobs) is at least `min_reduction`,
     the one with the highest `eval/validation_accuracy` ratio; if none reaches it, the one with the
-    largest reduction. Next to it, its held-out numbers, which the choice did not read."""
+    largest reduction. A reduction against a baseline shift within 2 standard errors of 0 is noise:
+    such a setting is not chosen (an arm with no other: "n/a"). Next to the choice, its held-out
+    numbers, which the choice did not read."""
     key = f"override/{against.partition('=')[0]}"
     need = [f"eval/validation_shift/{concept}", "eval/validation_accuracy",  # what the choice reads
             f"eval/shift/{concept}", "eval/heldout_accuracy"]  # what it reports
@@ -229,14 +231,24 @@ def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float
         for setting, group in arm_jobs.groupby(label[arm_jobs.index], sort=True):
             mean = group[need + [f"baseline/{m}" for m in need]].mean()
             ratio = [mean[m] / mean[f"baseline/{m}"] for m in need]
+            se = f"baseline/{_se_of(need[0])}"  # of the baselines' mean validation shift
+            noise = np.sqrt((group[se] ** 2).sum()) / len(group) if se in group.columns else None
+            if not distinct_from_zero(mean[f"baseline/{need[0]}"], noise):
+                ratio[0] = float("nan")  # (no reduction to speak of)
             found.append({"setting": setting, "jobs": len(group), "validation reduction": 1 - ratio[0],
                           "validation accuracy ratio": ratio[1], "held-out reduction": 1 - ratio[2],
                           "held-out accuracy ratio": ratio[3]})
         meets = [f for f in found if f["validation reduction"] >= min_reduction]
-        best = (max(meets, key=lambda f: f["validation accuracy ratio"]) if meets
-                else max(found, key=lambda f: f["validation reduction"]))
-        tried = "; ".join(f"{f['setting']}: {f['validation reduction']:.0%}, {f['validation accuracy ratio']:.2f}"
+        measured = [f for f in found if pd.notna(f["validation reduction"])]
+        tried = "; ".join(f"{f['setting']}: {_percent(f['validation reduction'])}, {f['validation accuracy ratio']:.2f}"
                           for f in found)
+        if not measured:
+            rows.append({key.split("/", 1)[1]: arm, "chosen": "n/a", "jobs": 0,
+                         "reached the reduction": f"n/a: the baseline's validation {concept} shift is within noise of 0",
+                         "settings (validation reduction, accuracy ratio)": tried})
+            continue
+        best = (max(meets, key=lambda f: f["validation accuracy ratio"]) if meets
+                else max(measured, key=lambda f: f["validation reduction"]))
         rows.append({key.split("/", 1)[1]: arm, "chosen": best["setting"], "jobs": best["jobs"],
                      f"validation {concept} reduction": f"{best['validation reduction']:.0%}",
                      "validation accuracy ratio": f"{best['validation accuracy ratio']:.2f}",
@@ -245,6 +257,10 @@ def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float
                      "reached the reduction": "yes" if meets else "no: the largest reduction",
                      "settings (validation reduction, accuracy ratio)": tried})
     return pd.DataFrame(rows)
+
+
+def _percent(value: float) -> str:
+    return "n/a" if pd.isna(value) else f"{value:.0%}"
 
 
 def main(argv: list[str] | None = None) -> None:

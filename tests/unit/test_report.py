@@ -224,3 +224,22 @@ def test_choose_needs_validation_numbers_and_a_baseline(sweep):
         report([str(sweep), "--against", "intervention=none", "--choose", "markdown"])
     with pytest.raises(SystemExit):
         report([str(sweep), "--choose", "markdown"])  # (argparse: --choose needs --against)
+
+
+def test_choose_takes_no_reduction_against_a_baseline_within_noise_of_zero(tmp_path):
+    """A baseline validation shift within 2 standard errors of 0 makes every reduction noise: the arm
+    gets "n/a", not the setting whose noise happened to look best."""
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        job(sweep, f"none{seed}", ["intervention=none", f"seed={seed}"],
+            {"eval/validation_shift/markdown": 0.1, "eval/validation_shift_se/markdown": 0.2,
+             "eval/validation_accuracy": 0.8, "eval/shift/markdown": 2.0, "eval/heldout_accuracy": 0.8})
+        for threshold, shift in ((0.5, 0.0), (1.0, -0.5)):
+            overrides = ["intervention=data_filtering", f"intervention.threshold={threshold}", f"seed={seed}"]
+            _validated(sweep, f"f{threshold}_{seed}", overrides, shift, 0.78, 0.5, 0.78)
+    report([str(sweep), "--against", "intervention=none", "--choose", "markdown"])
+    chosen = pd.read_csv(sweep / "choice.csv", dtype=str, keep_default_na=False).set_index("intervention")
+    assert chosen.loc["data_filtering", "chosen"] == "n/a"
+    assert "within noise of 0" in chosen.loc["data_filtering", "reached the reduction"]
+    tried = chosen.loc["data_filtering", "settings (validation reduction, accuracy ratio)"]
+    assert "intervention.threshold=1.0: n/a, 0.97" in tried
