@@ -140,9 +140,13 @@ def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts)["input_ids"] if texts else []
 
 
-def with_eos(text: str, eos: str | None) -> str:
-    """The text with the EOS token TRL appends to a response that does not end with it."""
-    return text if not eos or text.endswith(eos) else text + eos
+def whole_ids(tokenizer, pairs: list[PreferencePair]) -> tuple[list[list[int]], list[list[int]]]:
+    """Each pair's prompt + chosen and prompt + rejected token ids as TRL's dataset preparation has
+    them: with the EOS token it appends to a response that does not end with it. -> (chosen, rejected)"""
+    eos = tokenizer.eos_token
+    def ids(texts: list[str]) -> list[list[int]]:
+        return token_ids(tokenizer, [t if not eos or t.endswith(eos) else t + eos for t in texts])
+    return ids([p.prompt + p.chosen for p in pairs]), ids([p.prompt + p.rejected for p in pairs])
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

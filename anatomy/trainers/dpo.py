@@ -25,7 +25,7 @@ from trl import DPOConfig, DPOTrainer
 from anatomy.cache import cached_dir, stage_code
 from anatomy.errors import AnatomyError
 from anatomy.trainers.common import (Trained, WeightColumn, check_settings, fit, fitting, float32_copy, frozen_copy,
-                                     nothing_fits, token_ids, trl_args, weighted_rows, with_eos)
+                                     nothing_fits, token_ids, trl_args, weighted_rows, whole_ids)
 
 
 TOO_LONG = "their prompt alone filling"  # TRL's DPO drops those; it cuts the others to max_length
@@ -145,10 +145,8 @@ class DPO:
         """Which pairs TRL's DPO will train on, by its own rule: it drops a pair whose prompt alone fills
         `max_length` (its default `keep_start` truncation would leave no response token), the prompt
         being the leading tokens prompt + chosen and prompt + rejected share with the prompt's own."""
-        eos = tokenizer.eos_token
         prompts = token_ids(tokenizer, [p.prompt for p in pairs])
-        chosen = token_ids(tokenizer, [with_eos(p.prompt + p.chosen, eos) for p in pairs])
-        rejected = token_ids(tokenizer, [with_eos(p.prompt + p.rejected, eos) for p in pairs])
+        chosen, rejected = whole_ids(tokenizer, pairs)
         prompt_len = [min(shared_prefix(a, b), shared_prefix(a, c)) for a, b, c in zip(prompts, chosen, rejected)]
         return fitting(np.asarray(prompt_len) < self.max_length, TOO_LONG, self.max_length)
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from trl import RewardConfig, RewardTrainer
 
 from anatomy.trainers.common import (Trained, WeightColumn, check_settings, fit, fitting, frozen_copy, say_float32,
-                                     token_ids, trl_args, weighted_rows, with_eos)
+                                     trl_args, weighted_rows, whole_ids)
 
 TOO_LONG = "their chosen or rejected text being longer than"  # TRL's RewardTrainer drops those
 
@@ -63,10 +63,7 @@ class RewardModel:
     def fits(self, tokenizer, pairs) -> np.ndarray:
         """Which pairs TRL's RewardTrainer will train on, by its own rule: it drops a pair whose prompt +
         chosen or prompt + rejected (with EOS) is longer than `max_length` tokens."""
-        eos = tokenizer.eos_token
-        longest = [max(len(c), len(r)) for c, r in zip(
-            token_ids(tokenizer, [with_eos(p.prompt + p.chosen, eos) for p in pairs]),
-            token_ids(tokenizer, [with_eos(p.prompt + p.rejected, eos) for p in pairs]))]
+        longest = [max(len(c), len(r)) for c, r in zip(*whole_ids(tokenizer, pairs))]
         return fitting(np.asarray(longest) <= self.max_length, TOO_LONG, self.max_length)
 
     def train(self, model, pairs, plan) -> Trained:
