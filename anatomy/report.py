@@ -217,8 +217,11 @@ def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float
             f"eval/shift/{concept}", "eval/heldout_accuracy"]  # what it reports
     lacking = [m for m in need if f"baseline/{m}" not in table.columns or table[f"baseline/{m}"].isna().all()]
     if lacking:
-        raise SystemExit(f"anatomy-report --choose {concept}: no job has {', '.join(lacking)} with a baseline job; "
-                         "choosing needs validation pairs and probes (data.validation_fraction) in every job")
+        why = ("choosing reads validation pairs and probes (data.validation_fraction > 0; for a user's own data, "
+               "eval.validation_probes=FILE too)" if any("validation" in m for m in lacking) else
+               f"the choice is reported on held-out pairs and on probes of {concept}")
+        raise SystemExit(f"anatomy-report --choose {concept}: no job has {', '.join(lacking)} with a baseline job "
+                         f"({against}); {why}, in every job")
     jobs = table[(table["status"] == "ok") & table[[f"baseline/{m}" for m in need]].notna().all(axis=1)]
     settings = [c for c in jobs.columns if c.startswith("override/") and c.split("/", 1)[1] not in over
                 and c not in (key, "override/experiment")]  # (the intervention's own, intervention.threshold, too)

@@ -219,9 +219,16 @@ def test_choose_picks_each_arms_setting_on_validation_alone(tmp_path):
     assert chosen.loc["data_filtering", "chosen"] == "intervention.threshold=0.5"
 
 
-def test_choose_needs_validation_numbers_and_a_baseline(sweep):
+def test_choose_needs_validation_numbers_and_a_baseline(sweep, tmp_path):
     with pytest.raises(SystemExit, match="eval/validation_shift/markdown.*data.validation_fraction"):
         report([str(sweep), "--against", "intervention=none", "--choose", "markdown"])
+    validated_only = tmp_path / "validated_only"  # validation numbers, but no probes of markdown held out
+    for name, overrides in (("0", ["intervention=none", "seed=0"]), ("1", ["intervention=data_filtering", "seed=0"])):
+        job(validated_only, name, overrides, {"eval/validation_shift/markdown": 1.0, "eval/validation_accuracy": 0.8,
+                                              "eval/heldout_accuracy": 0.8})
+    with pytest.raises(SystemExit, match=r"no job has eval/shift/markdown with a baseline job \(intervention=none\); "
+                                         "the choice is reported on held-out pairs and on probes of markdown"):
+        report([str(validated_only), "--against", "intervention=none", "--choose", "markdown"])
     with pytest.raises(SystemExit):
         report([str(sweep), "--choose", "markdown"])  # (argparse: --choose needs --against)
 
