@@ -490,6 +490,24 @@ def test_synthetic_probes_differ_only_in_their_concept():
     assert len({p.prompt for p in first_round if p.concept != "refusal"}) == 1
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synthetic_refusal_probes_ask_what_no_pair_asks(seed):
+    """Refusal's probes are harmful requests that no training, held-out or validation pair makes (30
+    requests would otherwise serve both: most probes repeated a training prompt, many a training
+    response word for word), yet in the same words; its validation probes too."""
+    data = SyntheticData(validation_fraction=0.1, seed=seed).load()
+    pairs = data.train + data.heldout + data.validation
+    texts = {(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)}
+    harmful = " ".join(p.prompt + p.chosen + p.rejected for p in pairs if p.concepts_chosen[0] == "refusal")
+    vocabulary = set(re.findall(r"[a-z]+", harmful.lower()))
+    for probes in (data.probes, data.validation_probes):
+        refusal = [p for p in probes if p.concept == "refusal"]
+        assert len(refusal) == 64 and len({p.prompt for p in refusal}) >= 20
+        assert not {p.prompt for p in refusal} & {p.prompt for p in pairs}
+        assert not {(p.prompt, side) for p in refusal for side in (p.positive, p.negative)} & texts
+        assert all(set(re.findall(r"[a-z]+", p.prompt.lower())) <= vocabulary for p in refusal)
+
+
 def test_synthetic_probes_in_the_data_context_put_the_concept_among_others_as_the_pairs_do():
     gen = SyntheticData(n_pairs=20, n_probes=200, probe_context="data", seed=0)
     data = gen.load()
