@@ -542,16 +542,35 @@ def test_reweighting_multiplies_amplified_pairs_before_normalizing():
     plan = DataReweighting(n_bins=4, amplify_factor=factor).plan(selection(block=[0], amplify=[1]), feats, None)
     d_block = concept_difference(feats, [0], {0: "chosen"})
     d_amp = concept_difference(feats, [1], {1: "chosen"})
-    expected = balance(d_block, 4) * np.where(d_amp > 0, factor, 1.0)
+    expected = balance(d_block, 4) * np.where(d_amp > 0.5, factor, 1.0)
     expected /= expected.mean()
     np.testing.assert_allclose(plan.weights, expected, rtol=1e-12)
     assert plan.weights.mean() == pytest.approx(1.0)
+    assert plan.report["intervention/n_amplified"] == (d_amp > 0.5).sum()
     # amplify only: the amplified pairs weigh `factor` times the others
     only = DataReweighting(amplify_factor=factor).plan(selection(amplify=[1]), feats, None).weights
-    favoured = d_amp > 0
+    favoured = d_amp > 0.5
     assert 0 < favoured.sum() < len(only)
     assert np.unique(np.round(only[favoured], 12)).size == 1 and np.unique(np.round(only[~favoured], 12)).size == 1
     assert only[favoured][0] / only[~favoured][0] == pytest.approx(factor)
+
+
+def test_reweighting_amplifies_the_pairs_the_concept_favours_not_its_noise():
+    """An amplified concept's features differ a little between almost any two responses; in most pairs
+    that lack the concept that noise favours chosen. Only the pairs it favours by more than
+    `amplify_threshold` are upweighted, so the factor lands on the concept's pairs."""
+    rng = np.random.default_rng(0)
+    n, carries = 400, np.arange(400) < 80  # 80 pairs carry the concept in chosen
+    chosen = np.where(carries, 3.0, 0.0) + rng.uniform(0.0, 0.3, n)  # noise on every response,
+    rejected = rng.uniform(0.0, 0.2, n)  # a little more on chosen: it favours chosen in most other pairs
+    feats = make_features(chosen[:, None], rejected[:, None])
+    assert (concept_difference(feats, [0], {0: "chosen"})[~carries] > 0).mean() > 0.6
+    plan = DataReweighting(amplify_factor=3.0).plan(selection(amplify=[0]), feats, None)
+    assert plan.report["intervention/n_amplified"] == 80
+    assert plan.weights[carries] == pytest.approx(np.full(80, 3 * plan.weights[~carries][0]))
+    assert np.ptp(plan.weights[~carries]) == pytest.approx(0.0)
+    with pytest.raises(AnatomyError, match="amplify_threshold 5.0 in no pair"):
+        DataReweighting(amplify_threshold=5.0).plan(selection(amplify=[0]), feats, None)
 
 
 def test_reweighting_errors():
@@ -565,6 +584,8 @@ def test_reweighting_errors():
         DataReweighting(n_bins=0)
     with pytest.raises(AnatomyError, match="amplify_factor"):
         DataReweighting(amplify_factor=0.0)
+    with pytest.raises(AnatomyError, match="amplify_threshold must be >= 0"):
+        DataReweighting(amplify_threshold=-0.1)
 
 
 def test_the_plan_is_made_on_the_pairs_the_trainer_keeps():
