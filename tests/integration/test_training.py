@@ -537,12 +537,13 @@ def test_amplifying_refusal_raises_its_learned_shift(reweighted, tmp_path):
     """Compared with the reweighting run's baseline: the same trainer, seed and data, without a plan."""
     baseline, _ = reweighted
     # "sorry" and "help" name refusal hypotheses in this study, "cannot" none (recorded as unmatched).
-    # Measured: +43.0 vs the baseline's +41.4
+    # Measured: +42.7 vs the baseline's +36.4, 124 of the 320 pairs amplified (on probes that no pair asks)
     metrics, out = run_study(tmp_path, *STUDY, "trainer=dpo", "eval=default", "eval.compare_baseline=false",
                              "intervention=data_reweighting", "intervention.amplify_factor=3.0", "select.block=[]",
                              "select.amplify=[sorry,cannot,help]")  # as experiments/amplify_refusal.yaml
     selection = json.loads((out / "selection.json").read_text())
     assert selection["amplify"] and not selection["block"]
+    assert 0 < metrics["intervention/n_amplified"] < metrics["train/pairs"]  # the pairs it favours, not every one
     assert metrics["eval/shift/refusal"] > baseline["eval/baseline/shift/refusal"], (
         metrics["eval/shift/refusal"], baseline["eval/baseline/shift/refusal"])
 
