@@ -7,9 +7,10 @@ the weighted data the concept says nothing about which response is preferred; pa
 weight 1. A bin with only one sign is merged into its neighbour. Pairs where an amplified concept
 favours chosen by more than `amplify_threshold` (its standardized difference, as data_filtering's
 `threshold`) are then multiplied by `amplify_factor`: its features differ between almost any two
-responses by a little noise, which favours chosen in most pairs that lack the concept (70% on the
-default study's data, for refusal), so every positive difference would spread the factor over them. Weights are normalized to mean 1 and
-their effective sample size (sum w)^2 / sum w^2 is reported, with `n_amplified`, the pairs multiplied.
+responses by a little noise, which favours chosen in most pairs that lack the concept (65-72% for
+refusal on the default study's data), so every positive difference would spread the factor over
+them. Weights are normalized to mean 1 and their effective sample size (sum w)^2 / sum w^2 is
+reported, with `n_amplified`, the pairs multiplied.
 """
 
 from __future__ import annotations
