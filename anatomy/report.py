@@ -21,7 +21,8 @@ pair, with its standard error (`eval/heldout_accuracy_change`, `_se`), and liste
 "-0.040 (-0.080 ± 0.021, -0.030 ± 0.018, -0.010 ± 0.015)"; so is the validation accuracy's
 (`eval/validation_accuracy_change`) where both wrote `validation.csv`.
 With `--choose CONCEPT` (jobs with validation pairs and probes), each arm's setting is chosen on
-validation alone (`choose`) and shown with its held-out numbers, in choice.md and choice.csv.
+validation alone (`choose`) and shown with its held-out numbers, in choice.md and choice.csv; with
+`--cross-fit` the held-out half chooses too, and a setting both halves choose is scored on all pairs.
 """
 
 from __future__ import annotations
@@ -204,14 +205,20 @@ def _versus(values, baselines, reduction: bool, errors=None) -> str:
     return f"{one(v.mean(), b.mean(), mean_se)} ({', '.join(one(x, y, z) for x, y, z in paired)})"
 
 
-def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float, over: list[str]) -> pd.DataFrame:
+def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float, over: list[str],
+           cross_fit: bool = False) -> pd.DataFrame:
     """Per value of the --against key (each intervention), the setting chosen on validation alone:
     among its settings (its jobs grouped by the other overrides but `over`) whose reduction of
     `eval/validation_shift/<concept>` (of the means over the group's jobs) is at least `min_reduction`,
     the one with the highest `eval/validation_accuracy` ratio; if none reaches it, the one with the
     largest reduction. A reduction against a baseline shift within 2 standard errors of 0 is noise:
     such a setting is not chosen (an arm with no other: "n/a"). Next to the choice, its held-out
-    numbers, which the choice did not read."""
+    numbers, which the choice did not read.
+
+    `cross_fit`: the same rule applied to the held-out pairs and probes instead, so each half chooses
+    for the other. Where both choose the same setting, neither half's number decided anything the
+    other scores, and its accuracy ratio on all the pairs (both halves, pooled by their pair counts
+    per job) is an honest estimate on twice the pairs; where they differ, there is none ("n/a")."""
     key = f"override/{against.partition('=')[0]}"
     need = [f"eval/validation_shift/{concept}", "eval/validation_accuracy",  # what the choice reads
             f"eval/shift/{concept}", "eval/heldout_accuracy"]  # what it reports
@@ -234,32 +241,69 @@ def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float
         for setting, group in arm_jobs.groupby(label[arm_jobs.index], sort=True):
             mean = group[need + [f"baseline/{m}" for m in need]].mean()
             ratio = [mean[m] / mean[f"baseline/{m}"] for m in need]
-            se = f"baseline/{_se_of(need[0])}"  # of the baselines' mean validation shift
-            noise = np.sqrt((group[se] ** 2).sum()) / len(group) if se in group.columns else None
-            if not distinct_from_zero(mean[f"baseline/{need[0]}"], noise):
-                ratio[0] = float("nan")  # (no reduction to speak of)
             found.append({"setting": setting, "jobs": len(group), "validation reduction": 1 - ratio[0],
                           "validation accuracy ratio": ratio[1], "held-out reduction": 1 - ratio[2],
-                          "held-out accuracy ratio": ratio[3]})
-        meets = [f for f in found if f["validation reduction"] >= min_reduction]
-        measured = [f for f in found if pd.notna(f["validation reduction"])]
-        tried = "; ".join(f"{f['setting']}: {_percent(f['validation reduction'])}, {f['validation accuracy ratio']:.2f}"
-                          for f in found)
-        if not measured:
+                          "held-out accuracy ratio": ratio[3], "all pairs accuracy ratio": _pooled_ratio(group),
+                          # a reduction against a baseline shift within noise of 0 is none to choose by
+                          "validation chooses by": _unless_noise(group, need[0], 1 - ratio[0]),
+                          "held-out chooses by": _unless_noise(group, need[2], 1 - ratio[2])})
+        best, meets = _rule(found, "validation", min_reduction)
+        tried = "; ".join(f"{f['setting']}: {_percent(f['validation chooses by'])}, "
+                          f"{f['validation accuracy ratio']:.2f}" for f in found)
+        if best is None:
             rows.append({key.split("/", 1)[1]: arm, "chosen": "n/a", "jobs": 0,
                          "reached the reduction": f"n/a: the baseline's validation {concept} shift is within noise of 0",
                          "settings (validation reduction, accuracy ratio)": tried})
             continue
-        best = (max(meets, key=lambda f: f["validation accuracy ratio"]) if meets
-                else max(measured, key=lambda f: f["validation reduction"]))
-        rows.append({key.split("/", 1)[1]: arm, "chosen": best["setting"], "jobs": best["jobs"],
-                     f"validation {concept} reduction": f"{best['validation reduction']:.0%}",
-                     "validation accuracy ratio": f"{best['validation accuracy ratio']:.2f}",
-                     f"held-out {concept} reduction": f"{best['held-out reduction']:.0%}",
-                     "held-out accuracy ratio": f"{best['held-out accuracy ratio']:.2f}",
-                     "reached the reduction": "yes" if meets else "no: the largest reduction",
-                     "settings (validation reduction, accuracy ratio)": tried})
+        row = {key.split("/", 1)[1]: arm, "chosen": best["setting"], "jobs": best["jobs"],
+               f"validation {concept} reduction": f"{best['validation reduction']:.0%}",
+               "validation accuracy ratio": f"{best['validation accuracy ratio']:.2f}",
+               f"held-out {concept} reduction": f"{best['held-out reduction']:.0%}",
+               "held-out accuracy ratio": f"{best['held-out accuracy ratio']:.2f}",
+               "reached the reduction": "yes" if meets else "no: the largest reduction",
+               "settings (validation reduction, accuracy ratio)": tried}
+        if cross_fit:
+            other, _ = _rule(found, "held-out", min_reduction)
+            row["chosen on held-out"] = other["setting"] if other else "n/a"
+            row["cross-fitted accuracy ratio (all pairs)"] = (
+                f"{best['all pairs accuracy ratio']:.3f}" if other is best else "n/a: the halves choose differently")
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _unless_noise(group: pd.DataFrame, shift: str, reduction: float) -> float:
+    """The reduction of `shift` (a mean over the group's jobs), or NaN where the baselines' mean shift
+    is within 2 standard errors of 0."""
+    se = f"baseline/{_se_of(shift)}"
+    noise = np.sqrt((group[se] ** 2).sum()) / len(group) if se in group.columns else None
+    return reduction if distinct_from_zero(group[f"baseline/{shift}"].mean(), noise) else float("nan")
+
+
+def _rule(found: list[dict], half: str, min_reduction: float) -> tuple[dict | None, list[dict]]:
+    """--choose's rule on one half ("validation" or "held-out"): among the settings whose shift
+    reduction there reaches `min_reduction`, the highest accuracy ratio there, else the largest
+    reduction; None if no reduction is measured. -> (chosen, the settings that reached it)"""
+    meets = [f for f in found if f[f"{half} chooses by"] >= min_reduction]
+    measured = [f for f in found if pd.notna(f[f"{half} chooses by"])]
+    if not measured:
+        return None, meets
+    if meets:
+        return max(meets, key=lambda f: f[f"{half} accuracy ratio"]), meets
+    return max(measured, key=lambda f: f[f"{half} chooses by"]), meets
+
+
+def _pooled_ratio(group: pd.DataFrame) -> float:
+    """Accuracy on all the pairs, held-out and validation (each job's two accuracies weighted by its
+    pair counts), as a ratio of the group's mean to its baselines' mean; NaN without the counts."""
+    if not {"data/heldout", "data/validation"} <= set(group.columns):
+        return float("nan")
+    n_h, n_v = group["data/heldout"], group["data/validation"]
+
+    def pooled(prefix: str) -> pd.Series:
+        heldout, validation = group[f"{prefix}eval/heldout_accuracy"], group[f"{prefix}eval/validation_accuracy"]
+        return (heldout * n_h + validation * n_v) / (n_h + n_v)
+
+    return float(pooled("").mean() / pooled("baseline/").mean())
 
 
 def _percent(value: float) -> str:
@@ -282,9 +326,14 @@ def main(argv: list[str] | None = None) -> None:
                              "(see `choose`), with its held-out numbers; writes choice.md and choice.csv")
     parser.add_argument("--min-reduction", type=float, default=0.8,
                         help="--choose: the validation shift reduction a setting must reach (default 0.8)")
+    parser.add_argument("--cross-fit", action="store_true",
+                        help="--choose: also apply the rule to the held-out half; where both halves choose the same "
+                             "setting, its accuracy ratio on all the pairs")
     args = parser.parse_args(argv)
     if args.choose and not args.against:
         parser.error("--choose needs --against (e.g. --against intervention=none)")
+    if args.cross_fit and not args.choose:
+        parser.error("--cross-fit needs --choose CONCEPT")
     table = gather(args.sweep_dir)
     metrics = args.metrics or [c for c in table.columns if c.startswith(("eval/shift/", "eval/heldout_accuracy",
                                                                           "eval/validation_accuracy",
@@ -311,11 +360,13 @@ def main(argv: list[str] | None = None) -> None:
     for line in mixed:
         print(line)
     if args.choose:
-        chosen = choose(table, args.against, args.choose, args.min_reduction, args.over)
+        chosen = choose(table, args.against, args.choose, args.min_reduction, args.over, args.cross_fit)
         shown = chosen.to_markdown(index=False) if _has_tabulate() else chosen.to_string(index=False)
         rule = (f"chosen on validation alone: per {args.against.partition('=')[0]}, among the settings that remove "
                 f"at least {args.min_reduction:.0%} of {args.choose}'s shift on the validation probes, the highest "
-                "validation accuracy ratio; the held-out numbers are on pairs and probes the choice did not read")
+                "validation accuracy ratio; the held-out numbers are on pairs and probes the choice did not read"
+                + ("; cross-fitted: the same rule on the held-out half, and where both halves choose the same setting, "
+                   "its accuracy ratio on all the pairs" if args.cross_fit else ""))
         (args.sweep_dir / "choice.md").write_text(f"{rule}\n\n{shown}\n")
         chosen.to_csv(args.sweep_dir / "choice.csv", index=False)
         print(f"\n{rule}\n{shown}")
