@@ -201,8 +201,13 @@ def _versus(values, baselines, reduction: bool, errors=None) -> str:
     if not paired:
         return ""
     v, b, e = np.array(paired, dtype=float).T
-    mean_se = np.sqrt((e**2).sum()) / len(e) if np.isfinite(e).all() else None  # the s.e. of the baselines' mean
-    return f"{one(v.mean(), b.mean(), mean_se)} ({', '.join(one(x, y, z) for x, y, z in paired)})"
+    return f"{one(v.mean(), b.mean(), _mean_se(e))} ({', '.join(one(x, y, z) for x, y, z in paired)})"
+
+
+def _mean_se(errors) -> float | None:
+    """The standard error of a mean over jobs, from each job's own (None unless every one is known)."""
+    errors = np.asarray(errors, dtype=float)
+    return float(np.sqrt((errors**2).sum()) / len(errors)) if len(errors) and np.isfinite(errors).all() else None
 
 
 def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float, over: list[str],
@@ -275,7 +280,7 @@ def _unless_noise(group: pd.DataFrame, shift: str, reduction: float) -> float:
     """The reduction of `shift` (a mean over the group's jobs), or NaN where the baselines' mean shift
     is within 2 standard errors of 0."""
     se = f"baseline/{_se_of(shift)}"
-    noise = np.sqrt((group[se] ** 2).sum()) / len(group) if se in group.columns else None
+    noise = _mean_se(group[se]) if se in group.columns else None
     return reduction if distinct_from_zero(group[f"baseline/{shift}"].mean(), noise) else float("nan")
 
 
