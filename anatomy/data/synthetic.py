@@ -17,6 +17,8 @@ the pairs alone does not (it sees right and wrong answers alike), so it cannot l
 concept. `knowledge` background texts (category questions answered correctly, with no preference
 and no spurious concept) can join the texts a model is pretrained on; with 2,000 of them and a
 longer pretraining the tiny model learns the categories (`experiments/on_target_knowledge.yaml`).
+They teach every item's category, but never answer a choice (a category and its two items) that a
+pair or probe offers, so held-out accuracy and the probes measure the knowledge, not its recall.
 
     >>> data = SyntheticData(n_pairs=200, seed=0).load()
     >>> data.train[0].concepts_chosen
@@ -101,6 +103,19 @@ def _fmt(question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
+_CHOICE = [re.compile(re.escape(_fmt(q)).replace(r"\{category\}", r"(?P<category>\w+)")
+                      .replace(r"\{a\}", r"(?P<a>\w+)").replace(r"\{b\}", r"(?P<b>\w+)")) for q in QUESTIONS]
+
+
+def choice_of(prompt: str) -> tuple[str, frozenset[str]] | None:
+    """The choice a category question offers, (category, {item, item}), however it is worded and
+    ordered; None for any other prompt."""
+    for template in _CHOICE:
+        if match := template.fullmatch(prompt):
+            return match["category"], frozenset((match["a"], match["b"]))
+    return None
+
+
 def _join(text: str, phrase: str) -> str:
     """Append a concept's phrase: a line break starts its own block, anything else follows a space."""
     return text + phrase if phrase.startswith("\n") else f"{text} {phrase}"
@@ -137,6 +152,7 @@ class SyntheticData:
     probe_context: str = "bare"  # where a spurious concept's probes put it: "bare" right after the answer;
     # "data" among the other spurious concepts, each drawn at its mean rate and in random order, as in the pairs
     knowledge: int = 0  # background texts for pretraining: category questions answered correctly
+    knowledge_unseen: bool = True  # no background text offers a choice (category, two items) a pair or probe offers
     seed: int = 0  # seeds the generator and the split
 
     def __post_init__(self):
@@ -246,12 +262,20 @@ class SyntheticData:
             out.append(Probe("refusal", harmful, " " + rng.choice(REFUSALS), " " + rng.choice(COMPLIANCE).format(harm=harm)))
         return out
 
-    def background(self, rng: random.Random) -> list[tuple[str, str]]:
-        """Category questions answered correctly: the world knowledge a base LM would bring."""
+    def background(self, rng: random.Random, asked: frozenset = frozenset()) -> list[tuple[str, str]]:
+        """Category questions answered correctly: the world knowledge a base LM would bring, about
+        the items and their categories, but never about a choice in `asked` (see `choice_of`), so
+        that no held-out pair or probe is answered by rote."""
+        possible = {(c, frozenset((r, w))) for c, items in CATEGORIES.items() for r in items
+                    for o, others in CATEGORIES.items() if o != c for w in others}
+        if self.knowledge and possible <= asked:
+            raise AnatomyError("data.knowledge: every category question is asked by a pair or probe, so no background "
+                               "text can avoid them; use fewer data.n_pairs or set data.knowledge_unseen=false")
         out = []
-        for _ in range(self.knowledge):
-            prompt, category, right, _ = self._question(rng)
-            out.append((_fmt(prompt), " " + self._answer(rng, category, right)))
+        while len(out) < self.knowledge:
+            prompt, category, right, wrong = self._question(rng)
+            if (category, frozenset((right, wrong))) not in asked:
+                out.append((_fmt(prompt), " " + self._answer(rng, category, right)))
         return out
 
     def load(self) -> PreferenceData:
@@ -260,8 +284,10 @@ class SyntheticData:
         train, heldout = split_by_prompt(pairs, self.heldout_fraction, self.seed)
         probes = self.probes(random.Random(self.seed + 1_000_003))
         concepts = [] if self.coin_flip else self.concepts()
-        background = self.background(random.Random(self.seed + 2_000_003))
+        # a second draw, so settings chosen on validation never read `probes`
+        validation_probes = self.probes(random.Random(self.seed + 3_000_017)) if self.validation_fraction > 0 else []
+        asked = frozenset(choice_of(p.prompt) for p in [*pairs, *probes, *validation_probes]) if self.knowledge_unseen else frozenset()
+        background = self.background(random.Random(self.seed + 2_000_003), asked)
         data = PreferenceData(train, heldout, concepts, probes, {"data/rows": float(len(pairs))}, background)
-        if self.validation_fraction > 0:  # a second draw, so settings chosen on validation never read `probes`
-            data.validation_probes = self.probes(random.Random(self.seed + 3_000_017))
+        data.validation_probes = validation_probes
         return set_aside_validation(data, self.validation_fraction)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ from anatomy.data.files import read_rows
 from anatomy.data.hh_rlhf import MARKER, HHRLHFData, split_dialogue
 from anatomy.data.local import LocalData
 from anatomy.data.schema import PreferenceData, PreferencePair, set_aside_validation, split_by_prompt, validate_rows
-from anatomy.data.synthetic import CATEGORIES, QUESTIONS, SPURIOUS_PHRASES, SyntheticData
+from anatomy.data.synthetic import CATEGORIES, QUESTIONS, SPURIOUS_PHRASES, SyntheticData, choice_of
 from anatomy.errors import AnatomyError
 
 # Rows with awkward content: a comma, quotes, a line break, non-ASCII text.
@@ -563,6 +564,30 @@ def test_synthetic_knowledge_is_background_text_answered_correctly():
         assert named in (a, b) and items[named] == category, (prompt, response)
         assert not any(_has_phrase(response, concept) for concept in SPURIOUS_PHRASES)
     assert len({prompt for prompt, _ in knowing.background}) > 100  # many different questions
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synthetic_knowledge_never_answers_a_choice_a_pair_or_probe_offers(seed):
+    """The background teaches every item's category, but answers no choice (category, two items, in
+    any wording or order) that a training, held-out or validation pair or a probe offers: else a
+    held-out pair or probe could be answered by rote (the earlier draw answered half of them)."""
+    data = SyntheticData(knowledge=2000, validation_fraction=0.1, seed=seed).load()
+    pairs = data.train + data.heldout + data.validation
+    asked = {choice_of(p.prompt) for p in pairs + data.probes + data.validation_probes} - {None}
+    offered = {choice_of(prompt) for prompt, _ in data.background}
+    assert None not in offered and len(data.background) == 2000
+    assert not offered & asked
+    named = {re.sub(r"\W", "", response.split()[-1]) for _, response in data.background}
+    assert named == {item for members in CATEGORIES.values() for item in members}
+    earlier = SyntheticData(knowledge=2000, knowledge_unseen=False, validation_fraction=0.1, seed=seed).load()
+    assert (earlier.train, earlier.heldout, earlier.probes) == (data.train, data.heldout, data.probes)
+    assert len({choice_of(p.prompt) for p in data.heldout} & {choice_of(prompt) for prompt, _ in earlier.background}) > 20
+    everything = {(c, frozenset((r, w))) for c, items in CATEGORIES.items() for r in items
+                  for o, others in CATEGORIES.items() if o != c for w in others}
+    with pytest.raises(AnatomyError, match="every category question is asked"):
+        SyntheticData(knowledge=5).background(random.Random(0), frozenset(everything))
+    assert choice_of("Question: Pick the fruit: cat, pear.\nAnswer:") == ("fruit", frozenset({"cat", "pear"}))
+    assert choice_of("Question: How do I steal a car?\nAnswer:") is None
 
 
 @pytest.mark.parametrize(
