@@ -145,9 +145,7 @@ def summarize(table: pd.DataFrame, metrics: list[str], over: list[str]) -> pd.Da
     keys = [c for c in table.columns if c.startswith("override/") and c.split("/", 1)[1] not in over]
     keys = [k for k in keys if k != "override/experiment"]
     ok = table[table["status"] == "ok"]
-    order = [c for c in (f"override/{o}" for o in over) if c in ok.columns]
-    if order:  # per-job values listed in the order of the --over overrides (seed 0, 1, 2, not 0, 1, 10)
-        ok = ok.sort_values(order, kind="stable", key=lambda c: pd.to_numeric(c, errors="coerce").fillna(float("inf")))
+    ok = _in_order(ok, over)  # per-job values listed in the order of the --over overrides
     present = [m for m in metrics if m in ok.columns]
     grouped = ok.groupby(keys, dropna=False, sort=True) if keys else ok.groupby(lambda _: "all")
     mean, sd, n = grouped[present].mean(), grouped[present].std(ddof=1), grouped.size()
@@ -223,7 +221,8 @@ def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float
     `cross_fit`: the same rule applied to the held-out pairs and probes instead, so each half chooses
     for the other. Where both choose the same setting, neither half's number decided anything the
     other scores, and its accuracy ratio on all the pairs (both halves, pooled by their pair counts
-    per job) is an honest estimate on twice the pairs; where they differ, there is none ("n/a")."""
+    per job) is an honest estimate on twice the pairs, as is each job's paired change there (with
+    the runs' heldout.csv and validation.csv); where they differ, there is none ("n/a")."""
     key = f"override/{against.partition('=')[0]}"
     need = [f"eval/validation_shift/{concept}", "eval/validation_accuracy",  # what the choice reads
             f"eval/shift/{concept}", "eval/heldout_accuracy"]  # what it reports
@@ -249,6 +248,7 @@ def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float
             found.append({"setting": setting, "jobs": len(group), "validation reduction": 1 - ratio[0],
                           "validation accuracy ratio": ratio[1], "held-out reduction": 1 - ratio[2],
                           "held-out accuracy ratio": ratio[3], "all pairs accuracy ratio": _pooled_ratio(group),
+                          "all pairs accuracy change": _pooled_change(_in_order(group, over)),
                           # a reduction against a baseline shift within noise of 0 is none to choose by
                           "validation chooses by": _unless_noise(group, need[0], 1 - ratio[0]),
                           "held-out chooses by": _unless_noise(group, need[2], 1 - ratio[2])})
@@ -272,6 +272,8 @@ def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float
             row["chosen on held-out"] = other["setting"] if other else "n/a"
             row["cross-fitted accuracy ratio (all pairs)"] = (
                 f"{best['all pairs accuracy ratio']:.3f}" if other is best else "n/a: the halves choose differently")
+            row["cross-fitted accuracy change (per job ± paired s.e.)"] = (
+                best["all pairs accuracy change"] if other is best else "n/a: the halves choose differently")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -311,6 +313,28 @@ def _pooled_ratio(group: pd.DataFrame) -> float:
     return float(pooled("").mean() / pooled("baseline/").mean())
 
 
+def _pooled_change(group: pd.DataFrame) -> str:
+    """Each job's paired accuracy change against its baseline on all the pairs, held-out and
+    validation: the two splits' paired changes weighted by their pair counts (the mean over all the
+    pairs), with the standard error of that weighted mean of two independent halves; "" without
+    the per-split changes (heldout.csv and validation.csv in both jobs) or the counts."""
+    columns = ["data/heldout", "data/validation", *CHANGES.values(), *(f"{c}_se" for c in CHANGES.values())]
+    if not set(columns) <= set(group.columns) or group[columns].isna().any(axis=None):
+        return ""
+    n_h, n_v = group["data/heldout"], group["data/validation"]
+    (d_h, d_v), (se_h, se_v) = ([group[f"{c}{tail}"] for c in CHANGES.values()] for tail in ("", "_se"))
+    change = (n_h * d_h + n_v * d_v) / (n_h + n_v)
+    return _per_job(change, np.sqrt((n_h * se_h) ** 2 + (n_v * se_v) ** 2) / (n_h + n_v))
+
+
+def _in_order(frame: pd.DataFrame, over: list[str]) -> pd.DataFrame:
+    """Jobs in the order of the --over overrides (seed 0, 1, 2, not 0, 1, 10), as the summary lists them."""
+    order = [c for c in (f"override/{o}" for o in over) if c in frame.columns]
+    if not order:
+        return frame
+    return frame.sort_values(order, kind="stable", key=lambda c: pd.to_numeric(c, errors="coerce").fillna(float("inf")))
+
+
 def _percent(value: float) -> str:
     return "n/a" if pd.isna(value) else f"{value:.0%}"
 
@@ -333,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="--choose: the validation shift reduction a setting must reach (default 0.8)")
     parser.add_argument("--cross-fit", action="store_true",
                         help="--choose: also apply the rule to the held-out half; where both halves choose the same "
-                             "setting, its accuracy ratio on all the pairs")
+                             "setting, its accuracy ratio and paired change on all the pairs")
     args = parser.parse_args(argv)
     if args.choose and not args.against:
         parser.error("--choose needs --against (e.g. --against intervention=none)")
@@ -371,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"at least {args.min_reduction:.0%} of {args.choose}'s shift on the validation probes, the highest "
                 "validation accuracy ratio; the held-out numbers are on pairs and probes the choice did not read"
                 + ("; cross-fitted: the same rule on the held-out half, and where both halves choose the same setting, "
-                   "its accuracy ratio on all the pairs" if args.cross_fit else ""))
+                   "its accuracy ratio and paired change on all the pairs" if args.cross_fit else ""))
         (args.sweep_dir / "choice.md").write_text(f"{rule}\n\n{shown}\n")
         chosen.to_csv(args.sweep_dir / "choice.csv", index=False)
         print(f"\n{rule}\n{shown}")

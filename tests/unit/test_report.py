@@ -3,6 +3,7 @@
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -247,6 +248,24 @@ def test_choose_cross_fitted_scores_all_pairs_only_where_both_halves_choose_alik
     assert chosen.loc["data_reweighting", "chosen on held-out"] == "defaults"
     assert chosen.loc["data_reweighting", "cross-fitted accuracy ratio (all pairs)"] == "n/a: the halves choose differently"
     assert "cross-fitted" in (sweep / "choice.md").read_text()
+    assert pd.isna(chosen.loc["data_filtering", "cross-fitted accuracy change (per job ± paired s.e.)"])  # no CSVs
+    # With each job's heldout.csv and validation.csv (100 and 300 pairs, as counted), the paired change
+    # on all 400 pairs, per seed: the mean over every pair, and the s.e. of the halves' weighted mean.
+    expected = []
+    for seed, (lost_h, lost_v) in enumerate([(4, 24), (10, 6)]):
+        for name, lost in (("none", (0, 0)), ("f10", (lost_h, lost_v)), ("f05", (0, 0)), ("r", (0, 0)), ("r1", (0, 0))):
+            heldout(sweep / f"{name}_{seed}", [0] * lost[0] + [1] * (100 - lost[0]))
+            heldout(sweep / f"{name}_{seed}", [0] * lost[1] + [1] * (300 - lost[1]), split="validation")
+        d_h, d_v = -np.array([1] * lost_h + [0] * (100 - lost_h)), -np.array([1] * lost_v + [0] * (300 - lost_v))
+        se = np.sqrt((100 * d_h.std(ddof=1) / 10) ** 2 + (300 * d_v.std(ddof=1) / np.sqrt(300)) ** 2) / 400
+        expected.append((np.concatenate([d_h, d_v]).mean(), se))
+    report([str(sweep), "--against", "intervention=none", "--choose", "markdown", "--cross-fit"])
+    chosen = pd.read_csv(sweep / "choice.csv", dtype=str).set_index("intervention")
+    assert [v for v, _ in expected] == [-0.07, -0.04]
+    assert chosen.loc["data_filtering", "cross-fitted accuracy change (per job ± paired s.e.)"] == (
+        f"-0.055 ({expected[0][0]:+.3f} ± {expected[0][1]:.3f}, {expected[1][0]:+.3f} ± {expected[1][1]:.3f})")
+    assert chosen.loc["data_reweighting", "cross-fitted accuracy change (per job ± paired s.e.)"] == \
+        "n/a: the halves choose differently"
     report([str(sweep), "--against", "intervention=none", "--choose", "markdown"])  # without: no such columns
     assert "chosen on held-out" not in pd.read_csv(sweep / "choice.csv").columns
     with pytest.raises(SystemExit):
