@@ -286,7 +286,8 @@ class SyntheticData:
         concepts = [] if self.coin_flip else self.concepts()
         # a second draw, so settings chosen on validation never read `probes`
         validation_probes = self.probes(random.Random(self.seed + 3_000_017)) if self.validation_fraction > 0 else []
-        asked = frozenset(choice_of(p.prompt) for p in [*pairs, *probes, *validation_probes]) if self.knowledge_unseen else frozenset()
+        asked = (frozenset(choice_of(p.prompt) for p in [*pairs, *probes, *validation_probes])
+                 if self.knowledge and self.knowledge_unseen else frozenset())
         background = self.background(random.Random(self.seed + 2_000_003), asked)
         data = PreferenceData(train, heldout, concepts, probes, {"data/rows": float(len(pairs))}, background)
         data.validation_probes = validation_probes
