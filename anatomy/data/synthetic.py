@@ -107,6 +107,11 @@ _CHOICE = [re.compile(re.escape(_fmt(q)).replace(r"\{category\}", r"(?P<category
                       .replace(r"\{a\}", r"(?P<a>\w+)").replace(r"\{b\}", r"(?P<b>\w+)")) for q in QUESTIONS]
 
 
+# Every choice a category question can offer: a category, one of its items and another's.
+CHOICES = frozenset((c, frozenset((right, wrong))) for c, items in CATEGORIES.items() for right in items
+                    for other, others in CATEGORIES.items() if other != c for wrong in others)
+
+
 def choice_of(prompt: str) -> tuple[str, frozenset[str]] | None:
     """The choice a category question offers, (category, {item, item}), however it is worded and
     ordered; None for any other prompt."""
@@ -266,9 +271,7 @@ class SyntheticData:
         """Category questions answered correctly: the world knowledge a base LM would bring, about
         the items and their categories, but never about a choice in `asked` (see `choice_of`), so
         that no held-out pair or probe is answered by rote."""
-        possible = {(c, frozenset((r, w))) for c, items in CATEGORIES.items() for r in items
-                    for o, others in CATEGORIES.items() if o != c for w in others}
-        if self.knowledge and possible <= asked:
+        if self.knowledge and CHOICES <= asked:
             raise AnatomyError("data.knowledge: every category question is asked by a pair or probe, so no background "
                                "text can avoid them; use fewer data.n_pairs or set data.knowledge_unseen=false")
         out = []

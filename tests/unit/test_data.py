@@ -19,7 +19,7 @@ from anatomy.data.files import read_rows
 from anatomy.data.hh_rlhf import MARKER, HHRLHFData, split_dialogue
 from anatomy.data.local import LocalData
 from anatomy.data.schema import PreferenceData, PreferencePair, set_aside_validation, split_by_prompt, validate_rows
-from anatomy.data.synthetic import CATEGORIES, QUESTIONS, SPURIOUS_PHRASES, SyntheticData, choice_of
+from anatomy.data.synthetic import CATEGORIES, CHOICES, SPURIOUS_PHRASES, SyntheticData, choice_of
 from anatomy.errors import AnatomyError
 
 # Rows with awkward content: a comma, quotes, a line break, non-ASCII text.
@@ -554,14 +554,10 @@ def test_synthetic_knowledge_is_background_text_answered_correctly():
     assert plain.background == [] and plain.texts() == knowing.texts()[: len(plain.texts())]
     assert knowing.texts()[len(plain.texts()):] == knowing.background and len(knowing.background) == 300
     items = {item: category for category, members in CATEGORIES.items() for item in members}
-    templates = [re.escape(q).replace(r"\{category\}", "(?P<category>\\w+)").replace(r"\{a\}", "(?P<a>\\w+)")
-                 .replace(r"\{b\}", "(?P<b>\\w+)") for q in QUESTIONS]
     for prompt, response in knowing.background:
-        question = prompt.removeprefix("Question: ").removesuffix("\nAnswer:")
-        match = next(m for t in templates if (m := re.fullmatch(t, question)))
-        category, a, b = match["category"], match["a"], match["b"]
+        category, offered = choice_of(prompt)
         named = re.sub(r"\W", "", response.split()[-1])
-        assert named in (a, b) and items[named] == category, (prompt, response)
+        assert named in offered and items[named] == category, (prompt, response)
         assert not any(_has_phrase(response, concept) for concept in SPURIOUS_PHRASES)
     assert len({prompt for prompt, _ in knowing.background}) > 100  # many different questions
 
@@ -582,10 +578,9 @@ def test_synthetic_knowledge_never_answers_a_choice_a_pair_or_probe_offers(seed)
     earlier = SyntheticData(knowledge=2000, knowledge_unseen=False, validation_fraction=0.1, seed=seed).load()
     assert (earlier.train, earlier.heldout, earlier.probes) == (data.train, data.heldout, data.probes)
     assert len({choice_of(p.prompt) for p in data.heldout} & {choice_of(prompt) for prompt, _ in earlier.background}) > 20
-    everything = {(c, frozenset((r, w))) for c, items in CATEGORIES.items() for r in items
-                  for o, others in CATEGORIES.items() if o != c for w in others}
     with pytest.raises(AnatomyError, match="every category question is asked"):
-        SyntheticData(knowledge=5).background(random.Random(0), frozenset(everything))
+        SyntheticData(knowledge=5).background(random.Random(0), CHOICES)
+    assert len(CHOICES) == 12 * 40 + 4 * 10 * 42  # a category's item against any other category's
     assert choice_of("Question: Pick the fruit: cat, pear.\nAnswer:") == ("fruit", frozenset({"cat", "pear"}))
     assert choice_of("Question: How do I steal a car?\nAnswer:") is None
 
