@@ -299,18 +299,21 @@ def _rule(found: list[dict], half: str, min_reduction: float) -> tuple[dict | No
     return max(measured, key=lambda f: f[f"{half} chooses by"]), meets
 
 
+def _by_pairs(group: pd.DataFrame, heldout: pd.Series, validation: pd.Series) -> pd.Series:
+    """Per job, a held-out and a validation number weighted by the two splits' pair counts: the
+    number on all the pairs."""
+    n_h, n_v = group["data/heldout"], group["data/validation"]
+    return (heldout * n_h + validation * n_v) / (n_h + n_v)
+
+
 def _pooled_ratio(group: pd.DataFrame) -> float:
     """Accuracy on all the pairs, held-out and validation (each job's two accuracies weighted by its
     pair counts), as a ratio of the group's mean to its baselines' mean; NaN without the counts."""
     if not {"data/heldout", "data/validation"} <= set(group.columns):
         return float("nan")
-    n_h, n_v = group["data/heldout"], group["data/validation"]
-
-    def pooled(prefix: str) -> pd.Series:
-        heldout, validation = group[f"{prefix}eval/heldout_accuracy"], group[f"{prefix}eval/validation_accuracy"]
-        return (heldout * n_h + validation * n_v) / (n_h + n_v)
-
-    return float(pooled("").mean() / pooled("baseline/").mean())
+    pooled = [_by_pairs(group, group[f"{prefix}eval/heldout_accuracy"], group[f"{prefix}eval/validation_accuracy"])
+              for prefix in ("", "baseline/")]
+    return float(pooled[0].mean() / pooled[1].mean())
 
 
 def _pooled_change(group: pd.DataFrame) -> str:
@@ -321,10 +324,9 @@ def _pooled_change(group: pd.DataFrame) -> str:
     columns = ["data/heldout", "data/validation", *CHANGES.values(), *(f"{c}_se" for c in CHANGES.values())]
     if not set(columns) <= set(group.columns) or group[columns].isna().any(axis=None):
         return ""
-    n_h, n_v = group["data/heldout"], group["data/validation"]
     (d_h, d_v), (se_h, se_v) = ([group[f"{c}{tail}"] for c in CHANGES.values()] for tail in ("", "_se"))
-    change = (n_h * d_h + n_v * d_v) / (n_h + n_v)
-    return _per_job(change, np.sqrt((n_h * se_h) ** 2 + (n_v * se_v) ** 2) / (n_h + n_v))
+    n_h, n_v = group["data/heldout"], group["data/validation"]
+    return _per_job(_by_pairs(group, d_h, d_v), np.sqrt((n_h * se_h) ** 2 + (n_v * se_v) ** 2) / (n_h + n_v))
 
 
 def _in_order(frame: pd.DataFrame, over: list[str]) -> pd.DataFrame:

@@ -276,8 +276,8 @@ class SyntheticData:
                                "text can avoid them; use fewer data.n_pairs or set data.knowledge_unseen=false")
         out = []
         while len(out) < self.knowledge:
-            prompt, category, right, wrong = self._question(rng)
-            if (category, frozenset((right, wrong))) not in asked:
+            prompt, category, right, _ = self._question(rng)
+            if choice_of(_fmt(prompt)) not in asked:  # (read as the pairs' and probes' choices are)
                 out.append((_fmt(prompt), " " + self._answer(rng, category, right)))
         return out
 
