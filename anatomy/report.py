@@ -86,9 +86,10 @@ def mixed_environments(table: pd.DataFrame) -> list[str]:
 
 def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], sweep_dir: Path | None = None) -> pd.DataFrame:
     """Per job, each metric's baseline value (`baseline/<m>`): the metric of the job with override
-    `against` (KEY=VALUE) and the same other overrides, except those under `KEY.`. The baseline jobs
-    themselves, and jobs with no single such baseline, get none. With `sweep_dir`, a job that has no
-    `eval/heldout_accuracy_change` of its own (no in-run baseline) gets it from both jobs' heldout.csv."""
+    `against` (KEY=VALUE) and the same other overrides, except those under `KEY.`; `baseline_job` names
+    that job. The baseline jobs themselves, and jobs with no single such baseline, get none (see
+    `without_baseline`). With `sweep_dir`, a job that has no `eval/heldout_accuracy_change` of its own
+    (no in-run baseline) gets it from both jobs' heldout.csv."""
     key, _, value = against.partition("=")
     column = f"override/{key}"
     if not value or column not in table.columns:
@@ -104,6 +105,7 @@ def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], swee
     bases = signature[is_base]
     metrics = metrics + [se for se in map(_se_of, metrics) if se and se in table.columns and se not in metrics]
     baseline = pd.DataFrame(float("nan"), index=table.index, columns=[f"baseline/{m}" for m in metrics])
+    baseline.insert(0, "baseline_job", pd.Series(None, index=table.index, dtype=object))
     table = table.copy()
     for change in CHANGES.values():  # a job's own (in-run baseline) stays; others are paired below
         for column in (change, f"{change}_se"):
@@ -112,7 +114,8 @@ def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], swee
     for i in ok.index[~is_base]:
         found = bases.index[bases == signature[i]]
         if len(found) == 1:
-            baseline.loc[i] = ok.loc[found[0], metrics].to_numpy(dtype=float)
+            baseline.loc[i, "baseline_job"] = ok.loc[found[0], "job"]
+            baseline.loc[i, baseline.columns[1:]] = ok.loc[found[0], metrics].to_numpy(dtype=float)
             for split, change in CHANGES.items():
                 if sweep_dir is not None and pd.isna(table.loc[i, change]):
                     table.loc[i, [change, f"{change}_se"]] = paired_change(
@@ -121,6 +124,22 @@ def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], swee
         if table[change].isna().all():
             table = table.drop(columns=[change, f"{change}_se"])
     return pd.concat([table, baseline], axis=1)
+
+
+def without_baseline(table: pd.DataFrame, against: str) -> list[str]:
+    """A line naming the finished jobs that `against_baseline` found no single baseline for (none, or
+    several, with the same other overrides): they are in no comparison, nor in `--choose`'s."""
+    column = f"override/{against.partition('=')[0]}"
+    ok = table[(table["status"] == "ok") & (table[column].astype(str) != against.partition("=")[2])]
+    alone = ok[ok["baseline_job"].isna()]
+    if alone.empty:
+        return []
+    shown = [c for c in alone.columns if c.startswith("override/") and c not in (column, "override/experiment")]
+    alone = alone.sort_values("job", key=lambda c: c.map(_natural))
+    jobs = [f"{job} ({named or 'no other override'})" for job, named in zip(alone["job"], _named(alone, shown))]
+    return [f"jobs without a baseline, left out of every comparison: {len(jobs)} have no single finished job with "
+            f"{against} and the same other overrides (those under {column.removeprefix('override/')}. aside); run "
+            f"one with theirs: {'; '.join(jobs)}"]
 
 
 # The accuracy's change against the baseline job, paired pair by pair, per split (`<split>.csv`).
@@ -236,9 +255,7 @@ def choose(table: pd.DataFrame, against: str, concept: str, min_reduction: float
     jobs = table[(table["status"] == "ok") & table[[f"baseline/{m}" for m in need]].notna().all(axis=1)]
     settings = [c for c in jobs.columns if c.startswith("override/") and c.split("/", 1)[1] not in over
                 and c not in (key, "override/experiment")]  # (the intervention's own, intervention.threshold, too)
-    named = [" ".join(f"{c.split('/', 1)[1]}={v}" for c, v in zip(settings, row) if pd.notna(v))
-             for row in jobs[settings].itertuples(index=False)]
-    label = pd.Series([name or "defaults" for name in named], index=jobs.index)
+    label = pd.Series([name or "defaults" for name in _named(jobs, settings)], index=jobs.index)
     rows = []
     for arm, arm_jobs in jobs.groupby(key, sort=True):
         found = []
@@ -383,12 +400,13 @@ def main(argv: list[str] | None = None) -> None:
     if mixed:
         mixed = ["the jobs ran on different machines, software or code; numbers can differ for that alone "
                  "(README, Reproducing a run):", *mixed]
-    notes = ([f"failed jobs: {', '.join(failed)}"] if failed else []) + mixed
+    alone = without_baseline(table, args.against) if args.against else []
+    notes = ([f"failed jobs: {', '.join(failed)}"] if failed else []) + alone + mixed
     (args.sweep_dir / "report.md").write_text(text + "".join(f"\n\n{n}" for n in notes) + "\n")
     figure = plot(table, args.over, args.sweep_dir / "report.png")
     write_html(args.sweep_dir / "report.html", summary, figure, notes)
     print(text)
-    for line in mixed:
+    for line in alone + mixed:
         print(line)
     if args.choose:
         chosen = choose(table, args.against, args.choose, args.min_reduction, args.over, args.cross_fit)
@@ -398,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
                 "validation accuracy ratio; the held-out numbers are on pairs and probes the choice did not read"
                 + ("; cross-fitted: the same rule on the held-out half, and where both halves choose the same setting, "
                    "its accuracy ratio and paired change on all the pairs" if args.cross_fit else ""))
-        (args.sweep_dir / "choice.md").write_text(f"{rule}\n\n{shown}\n")
+        (args.sweep_dir / "choice.md").write_text(f"{rule}\n\n{shown}\n" + "".join(f"\n{line}\n" for line in alone))
         chosen.to_csv(args.sweep_dir / "choice.csv", index=False)
         print(f"\n{rule}\n{shown}")
     wrote = "report.csv, report.md, " + ("report.png, " if figure else "") + "report.html" + (
@@ -461,6 +479,12 @@ def _natural(job: str) -> tuple:
 def _flat(value) -> str:
     """One comparable string per value (a record's None is "null", not a missing value)."""
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _named(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """Per row, its overrides among `columns` as the command line gave them (`KEY=VALUE ...`)."""
+    return [" ".join(f"{c.split('/', 1)[1]}={v}" for c, v in zip(columns, row) if pd.notna(v))
+            for row in frame[columns].itertuples(index=False)]
 
 
 def _joined(frame: pd.DataFrame, columns: list[str], sep: str) -> pd.Series:

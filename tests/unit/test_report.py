@@ -53,6 +53,29 @@ def test_against_baseline_pairs_each_job_with_its_seed(sweep):
     assert "failed jobs: failed (no metrics.json)" in summary
 
 
+def test_a_job_without_a_baseline_is_named_not_left_out_silently(sweep, capsys):
+    report([str(sweep), "--metrics", "eval/shift/markdown", "--against", "intervention=none"])
+    assert "without a baseline" not in (sweep / "report.md").read_text() + capsys.readouterr().out  # all have one
+    # a setting of the ablation arm that no none job shares, and a seed with two none jobs: neither has
+    # a single baseline, so neither is compared, and the report says so (before, both were dropped silently)
+    job(sweep, "top1", ["intervention=feature_ablation", "select.match_top=1", "seed=0"],
+        {"eval/shift/markdown": 0.5, "eval/heldout_accuracy": 0.8})
+    for name in ("twin_a", "twin_b"):
+        job(sweep, name, ["intervention=none", "seed=5"], {"eval/shift/markdown": 2.0, "eval/heldout_accuracy": 0.8})
+    job(sweep, "twins", ["intervention=feature_ablation", "seed=5"],
+        {"eval/shift/markdown": 1.0, "eval/heldout_accuracy": 0.8})
+    report([str(sweep), "--metrics", "eval/shift/markdown", "--against", "intervention=none"])
+    said = capsys.readouterr().out
+    table = pd.read_csv(sweep / "report.csv", dtype={"job": str, "baseline_job": str}).set_index("job")
+    assert table.loc["1", "baseline_job"] == "0" and table.loc["filter", "baseline_job"] == "4"  # seed 2; seed 0
+    assert table.loc[["top1", "twins", "0", "failed"], "baseline_job"].isna().all()
+    for text in (said, (sweep / "report.md").read_text(), (sweep / "report.html").read_text()):
+        assert ("jobs without a baseline, left out of every comparison: 2 have no single finished job with "
+                "intervention=none and the same other overrides") in text
+        assert "top1 (seed=0 select.match_top=1)" in text and "twins (seed=5)" in text
+        assert "filter (" not in text and "failed (intervention" not in text  # matched; failed is said apart
+
+
 def test_a_reduction_of_a_baseline_within_noise_of_zero_is_not_given(sweep):
     """With the shifts' standard errors in the jobs' metrics, a baseline shift within 2 of them of 0
     gives "n/a", per job and for the mean, instead of a huge percentage of noise."""
