@@ -129,16 +129,17 @@ def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], swee
 def without_baseline(table: pd.DataFrame, against: str) -> list[str]:
     """A line naming the finished jobs that `against_baseline` found no single baseline for (none, or
     several, with the same other overrides): they are in no comparison, nor in `--choose`'s."""
-    column = f"override/{against.partition('=')[0]}"
-    ok = table[(table["status"] == "ok") & (table[column].astype(str) != against.partition("=")[2])]
+    key, _, value = against.partition("=")
+    column = f"override/{key}"
+    ok = table[(table["status"] == "ok") & (table[column].astype(str) != value)]
     alone = ok[ok["baseline_job"].isna()]
     if alone.empty:
         return []
     shown = [c for c in alone.columns if c.startswith("override/") and c not in (column, "override/experiment")]
     alone = alone.sort_values("job", key=lambda c: c.map(_natural))
     jobs = [f"{job} ({named or 'no other override'})" for job, named in zip(alone["job"], _named(alone, shown))]
-    return [f"jobs without a baseline, left out of every comparison: {len(jobs)} have no single finished job with "
-            f"{against} and the same other overrides (those under {column.removeprefix('override/')}. aside); run "
+    return [f"jobs without a baseline, left out of every comparison: {len(jobs)} {'has' if len(jobs) == 1 else 'have'} "
+            f"no single finished job with {against} and the same other overrides (those under {key}. aside); run "
             f"one with theirs: {'; '.join(jobs)}"]
 
 

@@ -73,7 +73,7 @@ def test_a_job_without_a_baseline_is_named_not_left_out_silently(sweep, capsys):
         assert ("jobs without a baseline, left out of every comparison: 2 have no single finished job with "
                 "intervention=none and the same other overrides") in text
         assert "top1 (seed=0 select.match_top=1)" in text and "twins (seed=5)" in text
-        assert "filter (" not in text and "failed (intervention" not in text  # matched; failed is said apart
+        assert "filter (" not in text and "failed (seed=0)" not in text  # matched; failed is said apart
 
 
 def test_a_reduction_of_a_baseline_within_noise_of_zero_is_not_given(sweep):
