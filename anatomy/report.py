@@ -5,13 +5,16 @@
     anatomy-report SWEEP_DIR --metrics eval/shift/markdown eval/heldout_accuracy --over seed
     anatomy-report SWEEP_DIR --against intervention=none   # + each arm against none, seed by seed
     anatomy-report SWEEP_DIR --against intervention=none --choose markdown   # + each arm's setting chosen on validation
+    anatomy-report SWEEP_DIR --against intervention=none --ignore select.match_top   # one none job serves every match_top
 
 Jobs are grouped by their overrides except those named by --over (default: seed, threads); each metric is
 shown as mean +/- sd over the group. A job that failed (its error.txt, or no metrics.json) is left out of
 the means and of the baselines and listed with the first line of its error.
 With `--against KEY=VALUE`, every job is also compared with its baseline job: the one with that
 override and the same other overrides (the same seed; overrides under `KEY.` are ignored, so
-`intervention.threshold` does not keep a filtering job from its `intervention=none` job). A learned
+`intervention.threshold` does not keep a filtering job from its `intervention=none` job; `--ignore`
+names overrides the baseline does not depend on, such as `select.match_top` for `intervention=none`,
+which uses no selection, so one `none` job per seed serves a grid of them). A learned
 shift (`eval/shift*`, `eval/validation_shift*`) gets its reduction, 1 - job / baseline; any other
 metric its ratio, job / baseline. The summary shows each as the value of the group's means, then the
 value per job in the order of the --over overrides: "92% (57%, 112%, 119%)"; a reduction is "n/a"
@@ -84,10 +87,12 @@ def mixed_environments(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], sweep_dir: Path | None = None) -> pd.DataFrame:
+def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], sweep_dir: Path | None = None,
+                     ignore: list[str] = ()) -> pd.DataFrame:
     """Per job, each metric's baseline value (`baseline/<m>`): the metric of the job with override
-    `against` (KEY=VALUE) and the same other overrides, except those under `KEY.`; `baseline_job` names
-    that job. The baseline jobs themselves, and jobs with no single such baseline, get none (see
+    `against` (KEY=VALUE) and the same other overrides, except those under `KEY.` and those named by
+    `ignore` (or under them: overrides the baseline does not depend on); `baseline_job` names that job.
+    The baseline jobs themselves, and jobs with no single such baseline, get none (see
     `without_baseline`). With `sweep_dir`, a job that has no `eval/heldout_accuracy_change` of its own
     (no in-run baseline) gets it from both jobs' heldout.csv."""
     key, _, value = against.partition("=")
@@ -97,7 +102,7 @@ def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], swee
         raise SystemExit(f"anatomy-report: --against must be KEY=VALUE with KEY a swept override ({', '.join(known)}); "
                          f"got {against!r}")
     ok = table[table["status"] == "ok"]
-    same = [c for c in table.columns if c.startswith("override/") and c != column and not c.startswith(f"{column}.")]
+    same = [c for c in table.columns if c.startswith("override/") and not _under(c, [column, *_ignored(table, ignore)])]
     signature = _joined(ok, same, "\x1f")
     is_base = ok[column].astype(str) == value
     if not is_base.any():
@@ -126,7 +131,21 @@ def against_baseline(table: pd.DataFrame, against: str, metrics: list[str], swee
     return pd.concat([table, baseline], axis=1)
 
 
-def without_baseline(table: pd.DataFrame, against: str) -> list[str]:
+def _ignored(table: pd.DataFrame, ignore: list[str]) -> list[str]:
+    """The override columns of `--ignore`'s keys; a key no job overrides is a mistake, named."""
+    unknown = [k for k in ignore if not any(_under(c, [f"override/{k}"]) for c in table.columns)]
+    if unknown:
+        known = sorted(c.split("/", 1)[1] for c in table.columns if c.startswith("override/"))
+        raise SystemExit(f"anatomy-report: --ignore {' '.join(unknown)}: no job overrides "
+                         f"{'it' if len(unknown) == 1 else 'them'} (swept overrides: {', '.join(known)})")
+    return [f"override/{k}" for k in ignore]
+
+
+def _under(column: str, keys: list[str]) -> bool:
+    return any(column == k or column.startswith(f"{k}.") for k in keys)
+
+
+def without_baseline(table: pd.DataFrame, against: str, ignore: list[str] = ()) -> list[str]:
     """A line naming the finished jobs that `against_baseline` found no single baseline for (none, or
     several, with the same other overrides): they are in no comparison, nor in `--choose`'s."""
     key, _, value = against.partition("=")
@@ -135,12 +154,13 @@ def without_baseline(table: pd.DataFrame, against: str) -> list[str]:
     alone = ok[ok["baseline_job"].isna()]
     if alone.empty:
         return []
-    shown = [c for c in alone.columns if c.startswith("override/") and c not in (column, "override/experiment")]
+    shown = [c for c in alone.columns if c.startswith("override/") and c != "override/experiment"
+             and not _under(c, [column, *(f"override/{k}" for k in ignore)])]
     alone = alone.sort_values("job", key=lambda c: c.map(_natural))
     jobs = [f"{job} ({named or 'no other override'})" for job, named in zip(alone["job"], _named(alone, shown))]
     return [f"jobs without a baseline, left out of every comparison: {len(jobs)} {'has' if len(jobs) == 1 else 'have'} "
-            f"no single finished job with {against} and the same other overrides (those under {key}. aside); run "
-            f"one with theirs: {'; '.join(jobs)}"]
+            f"no single finished job with {against} and the same other overrides (those under {key}. "
+            f"{''.join(f'and {k} ' for k in ignore)}aside); run one with theirs: {'; '.join(jobs)}"]
 
 
 # The accuracy's change against the baseline job, paired pair by pair, per split (`<split>.csv`).
@@ -370,6 +390,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--against", default=None, metavar="KEY=VALUE",
                         help="compare each job with the job that has this override and the same others "
                              "(e.g. intervention=none): shift reductions and metric ratios")
+    parser.add_argument("--ignore", nargs="+", default=[], metavar="KEY",
+                        help="with --against: overrides the baseline does not depend on (e.g. select.match_top for "
+                             "intervention=none): a job is paired with the baseline job whatever its value of these")
     parser.add_argument("--choose", default=None, metavar="CONCEPT",
                         help="with --against: per intervention, the setting chosen on validation pairs and probes "
                              "(see `choose`), with its held-out numbers; writes choice.md and choice.csv")
@@ -381,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.choose and not args.against:
         parser.error("--choose needs --against (e.g. --against intervention=none)")
+    if args.ignore and not args.against:
+        parser.error("--ignore needs --against (e.g. --against intervention=none --ignore select.match_top)")
     if args.cross_fit and not args.choose:
         parser.error("--cross-fit needs --choose CONCEPT")
     table = gather(args.sweep_dir)
@@ -392,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
         compared = metrics + ([f"eval/validation_shift/{args.choose}", "eval/validation_accuracy",
                                f"eval/shift/{args.choose}", "eval/heldout_accuracy"] if args.choose else [])
         table = against_baseline(table, args.against, [m for m in dict.fromkeys(compared) if m in table.columns],
-                                 args.sweep_dir)
+                                 args.sweep_dir, args.ignore)
     summary = summarize(table, metrics, args.over)
     table.to_csv(args.sweep_dir / "report.csv", index=False)
     text = summary.to_markdown(index=False) if _has_tabulate() else summary.to_string(index=False)
@@ -401,13 +426,15 @@ def main(argv: list[str] | None = None) -> None:
     if mixed:
         mixed = ["the jobs ran on different machines, software or code; numbers can differ for that alone "
                  "(README, Reproducing a run):", *mixed]
-    alone = without_baseline(table, args.against) if args.against else []
-    notes = ([f"failed jobs: {', '.join(failed)}"] if failed else []) + alone + mixed
+    alone = without_baseline(table, args.against, args.ignore) if args.against else []
+    ignored = ([f"each job is paired with its {args.against} job whatever its {', '.join(args.ignore)} (--ignore)"]
+               if args.ignore else [])
+    notes = ([f"failed jobs: {', '.join(failed)}"] if failed else []) + ignored + alone + mixed
     (args.sweep_dir / "report.md").write_text(text + "".join(f"\n\n{n}" for n in notes) + "\n")
     figure = plot(table, args.over, args.sweep_dir / "report.png")
     write_html(args.sweep_dir / "report.html", summary, figure, notes)
     print(text)
-    for line in alone + mixed:
+    for line in ignored + alone + mixed:
         print(line)
     if args.choose:
         chosen = choose(table, args.against, args.choose, args.min_reduction, args.over, args.cross_fit)
@@ -417,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
                 "validation accuracy ratio; the held-out numbers are on pairs and probes the choice did not read"
                 + ("; cross-fitted: the same rule on the held-out half, and where both halves choose the same setting, "
                    "its accuracy ratio and paired change on all the pairs" if args.cross_fit else ""))
-        (args.sweep_dir / "choice.md").write_text(f"{rule}\n\n{shown}\n" + "".join(f"\n{line}\n" for line in alone))
+        (args.sweep_dir / "choice.md").write_text(f"{rule}\n\n{shown}\n" + "".join(f"\n{line}\n" for line in ignored + alone))
         chosen.to_csv(args.sweep_dir / "choice.csv", index=False)
         print(f"\n{rule}\n{shown}")
     wrote = "report.csv, report.md, " + ("report.png, " if figure else "") + "report.html" + (

@@ -76,6 +76,41 @@ def test_a_job_without_a_baseline_is_named_not_left_out_silently(sweep, capsys):
         assert "filter (" not in text and "failed (seed=0)" not in text  # matched; failed is said apart
 
 
+def test_ignore_pairs_a_job_with_a_baseline_that_does_not_depend_on_an_override(sweep, capsys):
+    """`--ignore select.match_top`: the none job of each seed serves every match_top of the ablation
+    arm (none uses no selection), and the report says it paired them so. Two none jobs that then
+    match (one with a match_top of its own) are no single baseline, and that job is named."""
+    job(sweep, "top1", ["intervention=feature_ablation", "select.match_top=1", "seed=0"],
+        {"eval/shift/markdown": 2.0, "eval/heldout_accuracy": 0.4})
+    job(sweep, "top2", ["intervention=feature_ablation", "select.match_top=2", "seed=10"],
+        {"eval/shift/markdown": 0.5, "eval/heldout_accuracy": 0.8})
+    args = [str(sweep), "--metrics", "eval/shift/markdown", "--against", "intervention=none"]
+    report(args)
+    assert pd.read_csv(sweep / "report.csv").set_index("job").loc[["top1", "top2"], "baseline_job"].isna().all()
+    capsys.readouterr()
+    report([*args, "--ignore", "select.match_top"])
+    said = capsys.readouterr().out
+    table = pd.read_csv(sweep / "report.csv", dtype={"job": str, "baseline_job": str}).set_index("job")
+    assert table.loc["top1", "baseline_job"] == "4" and table.loc["top2", "baseline_job"] == "2"  # seeds 0, 10
+    assert table.loc["top1", "baseline/eval/shift/markdown"] == 4.0
+    assert table.loc["1", "baseline_job"] == "0"  # the other pairs are as before
+    summary = (sweep / "report.md").read_text()
+    assert summary.count("50% (50%)") == 2 and said.count("50% (50%)") == 2  # top1 (2.0 against seed 0's 4.0), top2
+    assert "without a baseline" not in summary
+    for text in (said, summary):
+        assert "each job is paired with its intervention=none job whatever its select.match_top (--ignore)" in text
+    job(sweep, "none_top1", ["intervention=none", "select.match_top=1", "seed=0"],
+        {"eval/shift/markdown": 3.0, "eval/heldout_accuracy": 0.8})
+    report([*args, "--ignore", "select.match_top"])
+    table = pd.read_csv(sweep / "report.csv", dtype={"job": str, "baseline_job": str}).set_index("job")
+    assert table.loc[["top1", "5", "filter"], "baseline_job"].isna().all()  # seed 0: two none jobs now
+    assert table.loc["top2", "baseline_job"] == "2" and table.loc["1", "baseline_job"] == "0"
+    assert ("(those under intervention. and select.match_top aside); run one with theirs: 5 (seed=0); "
+            "filter (seed=0); top1 (seed=0)") in (sweep / "report.md").read_text()
+    with pytest.raises(SystemExit, match=r"--ignore select\.top: no job overrides it \(swept overrides: "):
+        report([*args, "--ignore", "select.top"])  # a typo is named, not ignored
+
+
 def test_a_reduction_of_a_baseline_within_noise_of_zero_is_not_given(sweep):
     """With the shifts' standard errors in the jobs' metrics, a baseline shift within 2 of them of 0
     gives "n/a", per job and for the mean, instead of a huge percentage of noise."""
