@@ -19,6 +19,9 @@ import pytest
 from conftest import AUDIT, SMALL
 
 pytestmark = pytest.mark.slow
+
+# Smaller still than SMALL, for a test that must build the model and SAE itself (about half the time).
+TINY = ("data.n_pairs=200", "model.train_steps=60", "sae.training_tokens=50000")
 STABLE = lambda m: {k: v for k, v in m.items() if not k.startswith(("timing/", "cache/"))}  # noqa: E731
 
 
@@ -150,7 +153,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_interrupted_sweep_resumes_from_the_cache(tmp_path):
-    args = ("-m", *SMALL, *AUDIT, "hypothesis.min_effect=0.2,0.3,0.4,0.5")
+    args = ("-m", *TINY, *AUDIT, "hypothesis.min_effect=0.2,0.3,0.4,0.5")
     env_cache = str(tmp_path / "cache")  # its own cache: the first job builds the model and SAE
     env = {**os.environ, "TQDM_DISABLE": "1", "ANATOMY_CACHE": env_cache}
     proc = subprocess.Popen([sys.executable, "-m", "anatomy.cli", *args, f"hydra.sweep.dir={tmp_path / 'killed'}"],
