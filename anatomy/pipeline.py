@@ -159,6 +159,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     spec = stages.model.spec()
     trains = getattr(stages.trainer, "enabled", False)
     stages.model.check(trains)  # the device exists here, and training can run on it
+    if trains:
+        from anatomy.trainers.common import check_precision
+
+        check_precision(stages.trainer, getattr(stages.model, "device", "cpu"))  # and its mixed precision
     stages.sae.check(spec)  # the hook exists and the SAE fits the model, before any weight loads
     stages.intervention.check(spec)  # and so do the intervention's own hook points
     stages.select.check()  # and the verdicts file reads

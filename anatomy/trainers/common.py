@@ -83,7 +83,8 @@ def trl_args(config_class, out_dir: str, cfg, policy: torch.nn.Module, **extra):
         output_dir=out_dir, per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, max_length=cfg.max_length, seed=cfg.seed, data_seed=cfg.seed,
         report_to=[], save_strategy="no", logging_steps=10, use_cpu=on_cpu, dataloader_num_workers=0,
-        lr_scheduler_type="linear", warmup_steps=0, bf16=False, fp16=False, **{checkpointing: False},
+        lr_scheduler_type="linear", warmup_steps=0, **{checkpointing: False},
+        bf16=cfg.mixed_precision == "bf16", fp16=cfg.mixed_precision == "fp16",
         **extra,
     )
 
@@ -106,14 +107,42 @@ def fit(policy: torch.nn.Module, plan, n_rows: int, make_trainer, too_long: str)
             log.warning("trainer: TRL dropped %d of the %d training pairs it was given, %s trainer.max_length=%d, "
                         "after the intervention was planned on them; raise it to keep them",
                         n_rows - kept, n_rows, too_long, trainer.args.max_length)
-        with hooks(policy, plan.edits):
-            result = trainer.train()
+        try:
+            with hooks(policy, plan.edits):
+                result = trainer.train()
+        finally:
+            without_autocast(policy)
     policy.eval()
     report = {"train/loss": float(result.training_loss), "train/pairs": float(kept),
               "train/pairs_too_long": float(n_rows - kept), "train/steps": float(result.global_step)}
     if getattr(trainer, "reference_cache_hit", None) is not None:  # DPO's reference log-probs, from the cache
         report["cache/reference"] = float(trainer.reference_cache_hit)
     return report
+
+
+def without_autocast(model: torch.nn.Module) -> None:
+    """Undo what training with mixed precision did to the model: accelerate wraps its `forward` in
+    autocast (keeping the original as `_original_forward`), and left so, every later forward pass,
+    the evaluation's and the saved model's users', would run in half precision too."""
+    original = model.__dict__.pop("_original_forward", None)
+    if original is not None:
+        model.forward = original
+
+
+def check_precision(trainer, device: str) -> None:
+    """Before any weight loads: the trainer's mixed precision can run on the model's device."""
+    from anatomy.models.base import parse_device
+
+    mixed = getattr(trainer, "mixed_precision", "no")
+    kind = parse_device(device).type
+    if mixed == "fp16" and kind not in ("cuda", "mps"):
+        raise AnatomyError(f"trainer.mixed_precision=fp16 needs a GPU (model.device={device}); use bf16 or no")
+    if mixed == "bf16" and kind == "cpu":
+        log.warning("trainer.mixed_precision=bf16 on the CPU: most CPUs have no bfloat16 arithmetic, and there "
+                    "autocast makes training several times slower than float32 (8x on a 2-core AVX2 machine)")
+    if mixed == "bf16" and kind == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise AnatomyError(f"trainer.mixed_precision=bf16: this GPU ({torch.cuda.get_device_name()}) has no "
+                           "bfloat16; use fp16 or no")
 
 
 def nothing_fits(n_rows: int, too_long: str, max_length: int) -> AnatomyError:
@@ -174,7 +203,8 @@ def say_float32(dtype: torch.dtype) -> None:
 def check_settings(trainer) -> None:
     """The numbers every trainer needs in range, each wrong one named with its value."""
     rules = {"beta": (lambda v: v > 0, "> 0"), "lr": (lambda v: v > 0, "> 0"), "epochs": (lambda v: v > 0, "> 0"),
-             "batch_size": (lambda v: v >= 1, ">= 1"), "max_steps": (lambda v: v >= 0, ">= 0 (0: epochs decide)")}
+             "batch_size": (lambda v: v >= 1, ">= 1"), "max_steps": (lambda v: v >= 0, ">= 0 (0: epochs decide)"),
+             "mixed_precision": (lambda v: v in ("no", "bf16", "fp16"), "no, bf16 or fp16")}
     wrong = [f"trainer.{name}={getattr(trainer, name)} (must be {need})" for name, (ok, need) in rules.items()
              if hasattr(trainer, name) and not ok(getattr(trainer, name))]
     if wrong:

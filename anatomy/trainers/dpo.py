@@ -58,6 +58,7 @@ class WeightedDPOTrainer(WeightColumn, DPOTrainer):
             "trl": trl.__version__, "torch": torch.__version__, "code": stage_code(__name__),
             "transformers": transformers.__version__, "config": self.ref_model.config.to_json_string(),
             "device": next(self.ref_model.parameters()).device.type,  # (the weights alone miss these)
+            "mixed_precision": (args.bf16, args.fp16),  # (TRL computes them under the trainer's autocast)
         }
         computed = {}
 
@@ -136,6 +137,7 @@ class DPO:
     batch_size: int = 16  # pairs per step
     max_length: int = 160  # tokens per prompt + response
     seed: int = 0  # seeds TRL's data order and dropout
+    mixed_precision: str = "no"  # "bf16" (or "fp16", GPU only): forward passes in half precision, weights float32
     enabled: bool = True  # this option trains
 
     def __post_init__(self):

@@ -55,6 +55,7 @@ class RewardModel:
     batch_size: int = 16  # pairs per step
     max_length: int = 160  # tokens per prompt + response
     seed: int = 0  # seeds the score head's initialisation and the data order
+    mixed_precision: str = "no"  # "bf16" (or "fp16", GPU only): forward passes in half precision, weights float32
     enabled: bool = True  # this option trains
 
     def __post_init__(self):

@@ -283,6 +283,35 @@ def test_a_model_loaded_in_half_precision_trains_in_float32(study, kind):
 
 
 @pytest.mark.parametrize("kind", ["dpo", "reward_model"])
+def test_mixed_precision_trains_in_bfloat16_and_leaves_a_float32_model(study, kind):
+    """trainer.mixed_precision=bf16: the forward passes of training run under bfloat16 autocast (the
+    plan's edit runs inside it), the weights stay float32, and afterwards the model computes in float32
+    again: accelerate wraps its forward in autocast, and left so, the evaluation (and anyone loading
+    it from the run) would get half-precision numbers without a word."""
+    from anatomy.trainers.dpo import DPO
+    from anatomy.trainers.reward import RewardModel
+
+    data, model = study
+    seen = set()
+
+    def edit(act):
+        seen.add(torch.get_autocast_dtype(act.device.type) if torch.is_autocast_enabled(act.device.type) else None)
+        return act
+
+    make = DPO if kind == "dpo" else RewardModel
+    trained = make(batch_size=8, max_steps=2, mixed_precision="bf16").train(model, data.train[:16], Plan(edits={HOOK: edit}))
+    assert seen == {torch.bfloat16} and np.isfinite(trained.report["train/loss"])
+    assert {p.dtype for p in trained.policy.parameters()} == {torch.float32}
+    assert n_hooks(trained.policy) == 0 and "_original_forward" not in vars(trained.policy)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(trained.policy(ids).logits, type(trained.policy).forward(trained.policy, ids).logits)
+    seen.clear()
+    make(batch_size=8, max_steps=1).train(model, data.train[:8], Plan(edits={HOOK: edit}))
+    assert seen == {None}  # the default: no autocast
+
+
+@pytest.mark.parametrize("kind", ["dpo", "reward_model"])
 def test_training_runs_where_the_policys_weights_are_without_checkpointing(tmp_path, kind):
     """TRL is told to use the CPU only for a policy on the CPU; a policy elsewhere (a GPU for a user;
     here the meta device, as this machine has no GPU) trains there, not silently on the CPU."""
