@@ -299,7 +299,7 @@ def test_mixed_precision_trains_in_bfloat16_and_leaves_a_float32_model(study, ki
         return act
 
     make = DPO if kind == "dpo" else RewardModel
-    trained = make(batch_size=8, max_steps=2, mixed_precision="bf16").train(model, data.train[:16], Plan(edits={HOOK: edit}))
+    trained = make(batch_size=4, max_steps=1, mixed_precision="bf16").train(model, data.train[:4], Plan(edits={HOOK: edit}))
     assert seen == {torch.bfloat16} and np.isfinite(trained.report["train/loss"])
     assert {p.dtype for p in trained.policy.parameters()} == {torch.float32}
     assert n_hooks(trained.policy) == 0 and "_original_forward" not in vars(trained.policy)
@@ -307,7 +307,7 @@ def test_mixed_precision_trains_in_bfloat16_and_leaves_a_float32_model(study, ki
     with torch.no_grad():
         assert torch.equal(trained.policy(ids).logits, type(trained.policy).forward(trained.policy, ids).logits)
     seen.clear()
-    make(batch_size=8, max_steps=1).train(model, data.train[:8], Plan(edits={HOOK: edit}))
+    make(batch_size=4, max_steps=1).train(model, data.train[:4], Plan(edits={HOOK: edit}))
     assert seen == {None}  # the default: no autocast
 
 
