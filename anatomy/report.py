@@ -155,7 +155,7 @@ def without_baseline(table: pd.DataFrame, against: str, ignore: list[str] = ()) 
     if alone.empty:
         return []
     shown = [c for c in alone.columns if c.startswith("override/") and c != "override/experiment"
-             and not _under(c, [column, *(f"override/{k}" for k in ignore)])]
+             and not _under(c, [column, *_ignored(table, ignore)])]
     alone = alone.sort_values("job", key=lambda c: c.map(_natural))
     jobs = [f"{job} ({named or 'no other override'})" for job, named in zip(alone["job"], _named(alone, shown))]
     return [f"jobs without a baseline, left out of every comparison: {len(jobs)} {'has' if len(jobs) == 1 else 'have'} "
