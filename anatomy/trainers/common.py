@@ -110,8 +110,10 @@ def fit(policy: torch.nn.Module, plan, n_rows: int, make_trainer, too_long: str)
         try:
             with hooks(policy, plan.edits):
                 result = trainer.train()
-        finally:
-            without_autocast(policy)
+        finally:  # (TRL prepares DPO's reference model too, and evaluation scores against it)
+            for prepared in (policy, getattr(trainer, "ref_model", None)):
+                if prepared is not None:
+                    without_autocast(prepared)
     policy.eval()
     report = {"train/loss": float(result.training_loss), "train/pairs": float(kept),
               "train/pairs_too_long": float(n_rows - kept), "train/steps": float(result.global_step)}

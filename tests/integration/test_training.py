@@ -286,8 +286,9 @@ def test_a_model_loaded_in_half_precision_trains_in_float32(study, kind):
 def test_mixed_precision_trains_in_bfloat16_and_leaves_a_float32_model(study, kind):
     """trainer.mixed_precision=bf16: the forward passes of training run under bfloat16 autocast (the
     plan's edit runs inside it), the weights stay float32, and afterwards the model computes in float32
-    again: accelerate wraps its forward in autocast, and left so, the evaluation (and anyone loading
-    it from the run) would get half-precision numbers without a word."""
+    again, and so does DPO's reference: accelerate wraps their forward in autocast, and left so, the
+    evaluation (and anyone loading the model from the run) would get half-precision numbers without
+    a word."""
     from anatomy.trainers.dpo import DPO
     from anatomy.trainers.reward import RewardModel
 
@@ -302,10 +303,12 @@ def test_mixed_precision_trains_in_bfloat16_and_leaves_a_float32_model(study, ki
     trained = make(batch_size=4, max_steps=1, mixed_precision="bf16").train(model, data.train[:4], Plan(edits={HOOK: edit}))
     assert seen == {torch.bfloat16} and np.isfinite(trained.report["train/loss"])
     assert {p.dtype for p in trained.policy.parameters()} == {torch.float32}
-    assert n_hooks(trained.policy) == 0 and "_original_forward" not in vars(trained.policy)
+    assert n_hooks(trained.policy) == 0
     ids = torch.tensor([[1, 2, 3, 4, 5]])
-    with torch.no_grad():
-        assert torch.equal(trained.policy(ids).logits, type(trained.policy).forward(trained.policy, ids).logits)
+    for scored in (trained.policy, trained.reference):  # (DPO's evaluation scores against its reference too)
+        assert "_original_forward" not in vars(scored)
+        with torch.no_grad():
+            assert torch.equal(scored(ids).logits, type(scored).forward(scored, ids).logits)
     seen.clear()
     make(batch_size=4, max_steps=1).train(model, data.train[:4], Plan(edits={HOOK: edit}))
     assert seen == {None}  # the default: no autocast
