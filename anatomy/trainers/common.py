@@ -206,7 +206,8 @@ def check_settings(trainer) -> None:
     """The numbers every trainer needs in range, each wrong one named with its value."""
     rules = {"beta": (lambda v: v > 0, "> 0"), "lr": (lambda v: v > 0, "> 0"), "epochs": (lambda v: v > 0, "> 0"),
              "batch_size": (lambda v: v >= 1, ">= 1"), "max_steps": (lambda v: v >= 0, ">= 0 (0: epochs decide)"),
-             "mixed_precision": (lambda v: v in ("no", "bf16", "fp16"), "no, bf16 or fp16")}
+             "mixed_precision": (lambda v: v in ("no", "bf16", "fp16"), "no, bf16 or fp16"),
+             "sft_weight": (lambda v: v >= 0, ">= 0 (0: plain DPO)")}
     wrong = [f"trainer.{name}={getattr(trainer, name)} (must be {need})" for name, (ok, need) in rules.items()
              if hasattr(trainer, name) and not ok(getattr(trainer, name))]
     if wrong:

@@ -2,7 +2,8 @@
 
 TRL's DPO has no per-example weights, so `WeightedDPOTrainer` adds them: rows carry a `weight`
 column, and the sigmoid loss per pair is multiplied by it before the batch mean (with unit weights
-this is TRL's own loss, computed through TRL's own log-prob path). Reference log-probs are
+this is TRL's own loss, computed through TRL's own log-prob path). `sft_weight` > 0 adds TRL's `sft`
+loss, the chosen responses' mean token NLL (RPO), each pair's tokens weighted alike. Reference log-probs are
 precomputed from the reference model, a frozen copy of the starting model made before any hook
 exists, so interventions never touch the reference. `DPO.train` keeps them in the stage cache
 (`reference/`, keyed by the reference's weights, the tokenized pairs and what shapes the batches),
@@ -83,18 +84,24 @@ class WeightedDPOTrainer(WeightColumn, DPOTrainer):
         weight = inputs.pop("weight", None)
         if weight is None:
             return super()._compute_loss(model, inputs, return_outputs)
-        if self.loss_types != ["sigmoid"] or not self.precompute_ref_logps:
-            raise AnatomyError("weighted DPO supports loss_type sigmoid with precomputed reference log-probs")
+        if self.loss_types not in (["sigmoid"], ["sigmoid", "sft"]) or not self.precompute_ref_logps:
+            raise AnatomyError("weighted DPO supports loss_type sigmoid (and sft) with precomputed reference log-probs")
         keys = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
         model_kwargs = {k: v for k, v in inputs.items() if k not in keys}
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         outputs = model(**model_kwargs, use_cache=False, labels=labels, fused_lm_head=True)
         seq_len = completion_mask.size(1) - 1
-        chosen_logps, rejected_logps = outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
+        per_token = outputs.log_probs[:, -seq_len:]
+        chosen_logps, rejected_logps = per_token.sum(dim=1).chunk(2, dim=0)
         margin = (chosen_logps - inputs["ref_chosen_logps"]) - (rejected_logps - inputs["ref_rejected_logps"])
         per_pair = -F.logsigmoid(self.beta * margin)
-        loss = (per_pair * weight.to(per_pair.device)).mean()
+        weight = weight.to(per_pair.device)
+        loss = (per_pair * weight).mean() * self.loss_weights[0]
+        if "sft" in self.loss_types:  # TRL's: the mean NLL over the batch's chosen tokens; here each pair's weighted
+            chosen_mask = completion_mask[:, 1:].chunk(2, dim=0)[0].to(per_token.dtype)
+            chosen_nll = -(per_token.chunk(2, dim=0)[0] * chosen_mask).sum(dim=1)
+            loss = loss + self.loss_weights[1] * (chosen_nll * weight).sum() / chosen_mask.sum().clamp(min=1.0)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["rewards/accuracies"].append((margin > 0).float().mean().item())
         self._metrics[mode]["rewards/margins"].append((self.beta * margin).mean().item())
@@ -138,10 +145,17 @@ class DPO:
     max_length: int = 160  # tokens per prompt + response
     seed: int = 0  # seeds TRL's data order and dropout
     mixed_precision: str = "no"  # "bf16" (or "fp16", GPU only): forward passes in half precision, weights float32
+    sft_weight: float = 0.0  # > 0: adds this times the chosen responses' token NLL to the loss (RPO); 0: plain DPO
     enabled: bool = True  # this option trains
 
     def __post_init__(self):
         check_settings(self)
+
+    def losses(self) -> dict:
+        """TRL's `loss_type` and `loss_weights` for these settings: sigmoid DPO, and RPO's NLL term."""
+        if self.sft_weight > 0:
+            return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, self.sft_weight]}
+        return {"loss_type": ["sigmoid"]}
 
     def fits(self, tokenizer, pairs) -> np.ndarray:
         """Which pairs TRL's DPO will train on, by its own rule: it drops a pair whose prompt alone fills
@@ -164,6 +178,6 @@ class DPO:
             model=policy, ref_model=reference, train_dataset=dataset, processing_class=model.tokenizer,
             cache_reference=True,
             args=trl_args(DPOConfig, tmp, self, policy, beta=self.beta, precompute_ref_log_probs=True,
-                          loss_type=["sigmoid"])),
+                          **self.losses())),
             TOO_LONG)
         return Trained("dpo", policy, reference, model.tokenizer, report)

@@ -229,6 +229,7 @@ def test_misspelled_key_in_a_node(tmp_path, fresh_cache, override, names):
         ("model.n_heads=3", ["model.d_model", "model.n_heads"]),
         ("trainer.mixed_precision=bf32", ["trainer.mixed_precision=bf32", "no, bf16 or fp16"]),
         ("trainer.mixed_precision=fp16", ["trainer.mixed_precision=fp16", "needs a GPU", "model.device=cpu"]),
+        ("trainer.sft_weight=-0.5", ["trainer.sft_weight=-0.5", ">= 0"]),
     ],
 )
 def test_bad_value_names_the_field(tmp_path, fresh_cache, override, names):

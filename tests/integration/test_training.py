@@ -71,7 +71,7 @@ def no_model_is_built(monkeypatch):
 # -- weighted DPO ------------------------------------------------------------------------------
 
 
-def _dpo_trainer(model, pairs, out_dir):
+def _dpo_trainer(model, pairs, out_dir, **settings):
     """A WeightedDPOTrainer built as `DPO.train` builds it, with the whole set in one batch."""
     from datasets import Dataset
     from trl import DPOConfig
@@ -79,13 +79,13 @@ def _dpo_trainer(model, pairs, out_dir):
     from anatomy.trainers.common import frozen_copy, trl_args, weighted_rows
     from anatomy.trainers.dpo import DPO, WeightedDPOTrainer
 
-    dpo = DPO(batch_size=len(pairs))
+    dpo = DPO(batch_size=len(pairs), **settings)
     reference = frozen_copy(model.model)
     policy = frozen_copy(model.model)
     for p in policy.parameters():
         p.requires_grad_(True)
     args = trl_args(DPOConfig, str(out_dir), dpo, policy, beta=dpo.beta, precompute_ref_log_probs=True,
-                    loss_type=["sigmoid"])
+                    **dpo.losses())
     trainer = WeightedDPOTrainer(model=policy, ref_model=reference, args=args,
                                  train_dataset=Dataset.from_list(weighted_rows(pairs, None)),
                                  processing_class=model.tokenizer)
@@ -139,6 +139,39 @@ def test_weighted_dpo_loss_is_trls_loss_with_unit_weights(study, tmp_path):
     # and the gradient flows through the weighted loss
     doubled.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
+
+
+def test_rpo_loss_is_trls_sigmoid_plus_sft_with_unit_weights_and_weights_each_pairs_nll(study, tmp_path):
+    """`trainer.sft_weight`: with unit weights the loss is TRL's own sigmoid + sft combination; with a
+    weight of 2 on one pair, that pair counts twice in both terms."""
+    from trl import DPOTrainer
+
+    data, model = study
+    n, alpha = 6, 0.5
+    trainer, policy, reference, beta = _dpo_trainer(model, data.train[:n], tmp_path, sft_weight=alpha)
+    assert trainer.loss_types == ["sigmoid", "sft"] and trainer.loss_weights == [1.0, alpha]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    batch = next(iter(trainer.get_train_dataloader()))
+    stock = DPOTrainer._compute_loss(trainer, policy, {k: v for k, v in batch.items() if k != "weight"}, False)
+    ours = trainer._compute_loss(policy, dict(batch), False)
+    assert abs(ours.item() - stock.item()) < 1e-5
+
+    # from log-probs computed here: the DPO term, plus alpha times the chosen tokens' mean NLL
+    chosen, rejected = _sequence_logps(policy, batch).chunk(2)
+    margin = (chosen - batch["ref_chosen_logps"]) - (rejected - batch["ref_rejected_logps"])
+    per_pair = -F.logsigmoid(beta * margin)
+    tokens = batch["completion_mask"][:, 1:].chunk(2)[0].sum()
+    assert stock.item() == pytest.approx(per_pair.mean().item() + alpha * (-chosen).sum().item() / tokens.item(),
+                                         abs=1e-4)
+    assert alpha * (-chosen).sum().item() / tokens.item() > 0.1  # the NLL term is really in it
+    weight = torch.ones(n)
+    weight[2] = 2.0
+    doubled = trainer._compute_loss(policy, {**batch, "weight": weight}, False)
+    expected = (weight * per_pair).mean() + alpha * (weight * -chosen).sum() / tokens
+    assert doubled.item() == pytest.approx(expected.item(), abs=1e-4)
 
 
 def test_reference_logps_are_cached_across_weights_and_train_exactly_as_computed(study, tmp_path, monkeypatch):
