@@ -101,16 +101,21 @@ def _sequence_logps(model, batch):
     return (logps * completion[:, 1:]).sum(dim=1)
 
 
+@torch.no_grad()
+def _move_off_the_reference(policy):
+    """Perturb the policy's weights (seeded), so its margins against the reference are not all 0."""
+    torch.manual_seed(0)
+    for p in policy.parameters():
+        p.add_(0.02 * torch.randn_like(p))
+
+
 def test_weighted_dpo_loss_is_trls_loss_with_unit_weights(study, tmp_path):
     from trl import DPOTrainer
 
     data, model = study
     n = 6
     trainer, policy, reference, beta = _dpo_trainer(model, data.train[:n], tmp_path)
-    torch.manual_seed(0)
-    with torch.no_grad():  # move the policy away from the reference, so margins are not all 0
-        for p in policy.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    _move_off_the_reference(policy)
     batch = next(iter(trainer.get_train_dataloader()))
     assert torch.equal(batch["weight"], torch.ones(n))
     assert batch["input_ids"].shape[0] == 2 * n  # chosen rows, then rejected rows
@@ -150,10 +155,7 @@ def test_rpo_loss_is_trls_sigmoid_plus_sft_with_unit_weights_and_weights_each_pa
     n, alpha = 6, 0.5
     trainer, policy, reference, beta = _dpo_trainer(model, data.train[:n], tmp_path, sft_weight=alpha)
     assert trainer.loss_types == ["sigmoid", "sft"] and trainer.loss_weights == [1.0, alpha]
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    _move_off_the_reference(policy)
     batch = next(iter(trainer.get_train_dataloader()))
     stock = DPOTrainer._compute_loss(trainer, policy, {k: v for k, v in batch.items() if k != "weight"}, False)
     ours = trainer._compute_loss(policy, dict(batch), False)
