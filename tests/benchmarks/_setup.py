@@ -28,9 +28,10 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def default_study(source=None):
+def default_study(source=None, model_cfg=None, sae_cfg=None):
     """The default study's data (or `source`'s, e.g. an `HHRLHFData`), with its tiny LM and SAE
-    (from the bench cache; the first run builds them). -> (data, model, sae)"""
+    (or `model_cfg`'s and `sae_cfg`'s: a `TinyModel` and `TrainSAE` of other sizes; from the bench
+    cache: the first run builds them). -> (data, model, sae)"""
     import time
 
     from anatomy.data.synthetic import SyntheticData
@@ -41,8 +42,8 @@ def default_study(source=None):
     t0 = time.perf_counter()
     data = (source or SyntheticData()).load()
     texts = data.texts()
-    model, model_hit = TinyModel().load(texts)
-    sae, sae_hit = TrainSAE().load(model, texts, model.path)
+    model, model_hit = (model_cfg or TinyModel()).load(texts)
+    sae, sae_hit = (sae_cfg or TrainSAE()).load(model, texts, model.path)
     print(f"set-up {time.perf_counter() - t0:.1f} s (tiny model {'cached' if model_hit else 'built'}, "
           f"SAE {'cached' if sae_hit else 'trained'}; later runs reuse the cache)")
     return data, model, sae

@@ -1,6 +1,7 @@
 """Benchmark: DPO step time of `WeightedDPOTrainer`, bare and with an intervention's edit, against TRL's DPOTrainer.
 
     python tests/benchmarks/bench_training.py [--pairs 400 --steps 30 --repeats 3 --warmup 3]
+    python tests/benchmarks/bench_training.py --device cuda --precision-row bf16 [--d-model 768 --layers 12]
 
 Builds the default study's pieces (SyntheticData(), TinyModel(), TrainSAE(); cached under
 $ANATOMY_CACHE, default $TMPDIR/anatomy-bench-cache, so only the first run trains them), picks 16 SAE
@@ -43,11 +44,21 @@ Neither the edits (ablation: two (tokens x 128) @ (128 x 16) products per forwar
 add) nor the weighted loss cost anything measurable: the ratios stayed within 0.97-1.02 in every
 run, also at 92-96% CPU pressure, where s/step rose to ~0.47 and the set-up, which is not
 interleaved (each trainer is built alone), to 32 s. Exit status 1 when a ratio misses the target.
+
+On a GPU (`--device cuda`: the tiny LM and SAE are built on the CPU as ever, then moved) each step
+is timed between CUDA synchronizations, and a second pass measures each configuration's peak GPU
+memory alone: `torch.cuda.max_memory_allocated` over --memory-steps steps, less what was allocated
+before them (the policy, reference and data: gradients, optimizer state and activations remain).
+`--precision-row bf16` adds a fifth configuration, 2 with bf16 autocast (`trainer.mixed_precision`),
+timed and measured against 2; `--mixed-precision bf16` runs all of them so. `--d-model`/`--layers`
+build a wider, deeper tiny LM (pretrained only --model-steps steps: its speed, not its knowledge, is
+measured), whose SAE reads the middle layer.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -68,6 +79,8 @@ from anatomy.features import Featurize
 from anatomy.interventions.ablation import FeatureAblation
 from anatomy.interventions.steering import FeatureSteering
 from anatomy.models.hooks import hooks
+from anatomy.models.tiny import TinyModel
+from anatomy.saes.train import TrainSAE
 from anatomy.select import Selection
 from anatomy.trainers.common import frozen_copy, trl_args, weighted_rows
 from anatomy.trainers.dpo import DPO, WeightedDPOTrainer
@@ -82,8 +95,8 @@ class TakeTurns(TrainerCallback):
     (on_train_begin), so no set-up overlaps a timed step, and only one trainer computes at a time.
     """
 
-    def __init__(self, index, shared):
-        self.index, self.shared, self.times, self._t0 = index, shared, [], 0.0
+    def __init__(self, index, shared, sync=lambda: None):
+        self.index, self.shared, self.times, self._t0, self.sync = index, shared, [], 0.0, sync
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.shared["ready"].wait()
@@ -93,9 +106,11 @@ class TakeTurns(TrainerCallback):
             self.shared["cond"].wait_for(lambda: self.shared["turn"] in (self.index, None))
         if self.shared["turn"] is None:
             raise RuntimeError("another training run failed")
+        self.sync()  # (on a GPU: no other run's kernels still in flight)
         self._t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.sync()
         self.times.append(time.perf_counter() - self._t0)
         with self.shared["cond"]:
             self.shared["turn"] = (self.index + 1) % self.shared["n"]
@@ -116,9 +131,10 @@ def paired_ratio(runs, base_runs):
     return statistics.median(t / b for run, base in zip(runs, base_runs) for t, b in zip(run, base))
 
 
-def make_trainer(trainer_class, model, reference, dataset, steps, callback, out_dir):
-    """A DPO trainer as `DPO.train` builds it, on a fresh trainable copy of the model, for `steps` steps."""
-    cfg = DPO(max_steps=steps)
+def make_trainer(trainer_class, model, reference, dataset, steps, callback, out_dir, precision="no"):
+    """A DPO trainer as `DPO.train` builds it, on a fresh trainable copy of the model (on its device),
+    for `steps` steps, with `precision` as `trainer.mixed_precision`."""
+    cfg = DPO(max_steps=steps, mixed_precision=precision)
     policy = frozen_copy(model.model).train()
     for p in policy.parameters():
         p.requires_grad_(True)
@@ -131,15 +147,20 @@ def make_trainer(trainer_class, model, reference, dataset, steps, callback, out_
     return trainer
 
 
+def synchronize(device):
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def interleaved(runs, model, reference, steps):
-    """Step times of each run (trainer class, dataset, edits), taking turns step by step; and set-up times."""
+    """Step times of each run (trainer class, dataset, edits, precision), taking turns step by step; and set-up times."""
     shared = {"cond": threading.Condition(), "turn": 0, "n": len(runs), "ready": threading.Barrier(len(runs))}
-    timers = [TakeTurns(i, shared) for i in range(len(runs))]
+    sync = synchronize(model.model.device)
+    timers = [TakeTurns(i, shared, sync) for i in range(len(runs))]
     with tempfile.TemporaryDirectory() as tmp:
         trainers, setup = [], []  # built one after another; TRL's reference precompute runs here
-        for i, ((cls, data, _), timer) in enumerate(zip(runs, timers)):
+        for i, ((cls, data, _, precision), timer) in enumerate(zip(runs, timers)):
             t0 = time.perf_counter()
-            trainers.append(make_trainer(cls, model, reference, data, steps, timer, f"{tmp}/{i}"))
+            trainers.append(make_trainer(cls, model, reference, data, steps, timer, f"{tmp}/{i}", precision))
             setup.append(time.perf_counter() - t0)
 
         def train(trainer, edits):
@@ -154,7 +175,7 @@ def interleaved(runs, model, reference, steps):
                 raise
 
         threads = [threading.Thread(target=train, args=(trainer, edits), daemon=True)
-                   for trainer, (_, _, edits) in zip(trainers, runs)]
+                   for trainer, (_, _, edits, _) in zip(trainers, runs)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -162,6 +183,29 @@ def interleaved(runs, model, reference, steps):
     if any(len(t.times) != steps for t in timers):
         raise RuntimeError("a training run failed (see its traceback above)")
     return [t.times for t in timers], setup
+
+
+def peak_memory(run, model, reference, steps):
+    """GPU memory (bytes) that training `steps` steps of `run` alone takes at its peak, beyond what was
+    allocated before it started (the models and data): gradients, optimizer state, activations."""
+    cls, data, edits, precision = run
+
+    class Idle(TrainerCallback):
+        pass
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(cls, model, reference, data, steps, Idle(), tmp, precision)
+        gc.collect()  # the timed trainers' optimizer state, freed mid-run, would mask this run's own
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        with hooks(trainer.model, edits):
+            trainer.train()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        del trainer
+    return peak
 
 
 def main():
@@ -172,12 +216,30 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="runs per configuration")
     ap.add_argument("--features", type=int, default=16, help="SAE features the plans act on")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--device", default="cpu", help="where the trainers run: cpu, or cuda")
+    ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
+                    help="trainer.mixed_precision of configurations 1-4")
+    ap.add_argument("--precision-row", default=None, choices=["bf16", "fp16"],
+                    help="add configuration 5: 2 with this mixed precision, against 2")
+    ap.add_argument("--memory-steps", type=int, default=5, help="steps of the peak-memory pass (GPU only)")
+    ap.add_argument("--d-model", type=int, default=None, help="a tiny LM of this width (default: the study's, 128)")
+    ap.add_argument("--layers", type=int, default=None, help="a tiny LM of this depth (default: the study's, 4)")
+    ap.add_argument("--model-steps", type=int, default=50, help="pretraining steps of a --d-model/--layers LM")
     args = ap.parse_args()
+    device = torch.device(args.device)
     warnings.filterwarnings("ignore")  # TRL / transformers deprecation chatter
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    data, model, sae = default_study()
+    model_cfg = sae_cfg = None
+    if args.d_model or args.layers:
+        width, depth = args.d_model or 128, args.layers or 4
+        model_cfg = TinyModel(d_model=width, n_layers=depth, n_heads=max(4, width // 64), d_mlp=4 * width,
+                              train_steps=args.model_steps)
+        sae_cfg = TrainSAE(hook=f"blocks.{depth // 2}.hook_resid_post", training_tokens=100_000)
+    data, model, sae = default_study(model_cfg=model_cfg, sae_cfg=sae_cfg)
+    model.model.to(device)
+    sae.sae.to(device)
     features = Featurize().run(model, sae, data.train[:64])
     active = (features.chosen + features.rejected).getnnz(axis=0)
     block = sorted(int(f) for f in np.argsort(-active, kind="stable")[: args.features])
@@ -189,42 +251,54 @@ def main():
     stock_rows = [{k: v for k, v in row.items() if k != "weight"} for row in weighted_rows(pairs, None)]
     stock, weighted = Dataset.from_list(stock_rows), Dataset.from_list(weighted_rows(pairs, np.ones(len(pairs))))
     reference = frozen_copy(model.model)
-    configs = {  # name -> (trainer, dataset, edits, baseline for the ratio)
-        "1 stock DPOTrainer": (DPOTrainer, stock, {}, None),
-        "2 WeightedDPOTrainer": (WeightedDPOTrainer, weighted, {}, "1 stock DPOTrainer"),
-        "3 weighted + ablation": (WeightedDPOTrainer, weighted, plans["ablation"].edits, "2 WeightedDPOTrainer"),
-        "4 weighted + steering": (WeightedDPOTrainer, weighted, plans["steering"].edits, "2 WeightedDPOTrainer"),
+    mp = args.mixed_precision
+    configs = {  # name -> (trainer, dataset, edits, mixed precision, baseline for the ratio)
+        "1 stock DPOTrainer": (DPOTrainer, stock, {}, mp, None),
+        "2 WeightedDPOTrainer": (WeightedDPOTrainer, weighted, {}, mp, "1 stock DPOTrainer"),
+        "3 weighted + ablation": (WeightedDPOTrainer, weighted, plans["ablation"].edits, mp, "2 WeightedDPOTrainer"),
+        "4 weighted + steering": (WeightedDPOTrainer, weighted, plans["steering"].edits, mp, "2 WeightedDPOTrainer"),
     }
+    if args.precision_row:
+        configs[f"5 weighted, {args.precision_row}"] = (WeightedDPOTrainer, weighted, {}, args.precision_row,
+                                                         "2 WeightedDPOTrainer")
     names = list(configs)
     steps = {name: [] for name in names}  # per configuration, per repeat: s/step of every step after warm-up
     setups = []  # seconds to build each trainer: mostly TRL's reference-log-prob precompute
     pressure_before, load_before = cpu_pressure(), os.getloadavg()[0]
     for r in range(args.repeats):
         order = names[r % len(names):] + names[: r % len(names)]  # who goes first rotates between repeats
-        times, setup = interleaved([configs[n][:3] for n in order], model, reference, args.steps)
+        times, setup = interleaved([configs[n][:4] for n in order], model, reference, args.steps)
         setups += setup
         for name, t in zip(order, times):
             steps[name].append(t[args.warmup:])
     pressure_after, load_after = cpu_pressure(), os.getloadavg()[0]
+    memory = ({name: peak_memory(configs[name][:4], model, reference, args.memory_steps) for name in names}
+              if device.type == "cuda" else {})
 
-    print(f"machine   {cpu_name()}, {os.cpu_count()} cores, no GPU, torch {torch.__version__} on "
+    gpu = f"trainers on {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "no GPU"
+    print(f"machine   {cpu_name()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__} on "
           f"{torch.get_num_threads()} threads; load average {load_before:.1f} -> {load_after:.1f}, "
           f"CPU pressure (some, avg60) {pressure_before} -> {pressure_after}")
     print(f"training  {len(pairs)} pairs, batch {DPO().batch_size}, max_length {DPO().max_length}, {args.steps} steps "
           f"({args.warmup} warm-up left out) x {args.repeats} repeats; tiny LM {model.spec.n_layers} layers x "
-          f"d_model {model.spec.d_model}; edits at {sae.hook} on {len(block)} features")
+          f"d_model {model.spec.d_model}; edits at {sae.hook} on {len(block)} features; mixed precision {mp}")
     print(f"{'configuration':<24} {'s/step':>7} {'ratio':>10}  per repeat (median s/step)")
     verdicts = []
-    for name, (_, _, _, base) in configs.items():
+    for name, (_, _, _, _, base) in configs.items():
         median = statistics.median(t for run in steps[name] for t in run)
         per_run = " ".join(f"{statistics.median(run):.3f}" for run in steps[name])
         ratio = paired_ratio(steps[name], steps[base]) if base else None
         shown = f"{ratio:.3f} to {base[0]}" if base else "-"
         print(f"{name:<24} {median:7.3f} {shown:>10}  {per_run}")
-        if base == names[1]:
+        if name[0] in "34":  # the hooks, against the same trainer without them
             verdicts.append((name, ratio))
     print(f"one-off   trainer set-up (TRL tokenizing + reference log-prob precompute over {len(pairs)} pairs, "
           f"not in s/step): median {statistics.median(setups):.1f} s")
+    if memory:
+        print(f"peak GPU memory of {args.memory_steps} steps, each configuration alone, beyond the loaded models and data:")
+        for name, (_, _, _, _, base) in configs.items():
+            shown = f"{memory[name] / memory[base]:.3f} to {base[0]}" if base else "-"
+            print(f"{name:<24} {memory[name] / 2**20:9.1f} MiB {shown:>10}")
     for name, ratio in verdicts:
         print(f"{'PASS' if ratio <= TARGET else 'FAIL'}  {name[2:]}: {ratio:.3f} x weighted (target <= {TARGET:.2f})")
     sys.exit(0 if all(r <= TARGET for _, r in verdicts) else 1)
