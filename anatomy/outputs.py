@@ -274,7 +274,8 @@ def accuracy_lines(metrics: dict, shifts: bool) -> list[str]:
         acc = f"held-out accuracy {metrics['eval/heldout_accuracy']:.3f} (before training {metrics['eval/heldout_accuracy_before']:.3f}"
         if "eval/baseline/heldout_accuracy" in metrics:
             acc += f"; without intervention {metrics['eval/baseline/heldout_accuracy']:.3f}"
-        out.append(acc + _change(metrics, "heldout") + ")")
+        out.append(acc + _change(metrics, "heldout") + ")" + _chance(metrics["eval/heldout_accuracy"],
+                                                                     metrics.get("data/heldout")))
     else:
         out.append("held-out accuracy: no held-out pairs (data.heldout_fraction)")
     if "eval/validation_accuracy" in metrics:
@@ -291,6 +292,18 @@ def accuracy_lines(metrics: dict, shifts: bool) -> list[str]:
                    + ", ".join(f"{c} {v:+.2f}" + ("" if base[c] is None else f" (without intervention {base[c]:+.2f})")
                                for c, v in shifts_there))
     return out
+
+
+def _chance(accuracy: float, n_pairs: float | None) -> str:
+    """"; within noise of chance, ..." where an accuracy is within 2 standard errors of 0.5 (a coin's,
+    on that many pairs): on a small held-out set, or with a model that learned nothing, 0.55 is no
+    evidence of anything."""
+    if not n_pairs:
+        return ""
+    half_width = 2 * (0.25 / n_pairs) ** 0.5
+    if abs(accuracy - 0.5) > half_width:
+        return ""
+    return f"; within noise of chance: 0.5 ± {half_width:.3f} (2 s.e.) on {int(n_pairs)} pairs"
 
 
 def _change(metrics: dict, split: str) -> str:

@@ -202,6 +202,11 @@ def test_the_summary_of_a_run_without_probes_still_says_what_it_trained_and_its_
     assert ("held-out accuracy 0.610 (before training 0.500; without intervention 0.600, change +0.010 ± 0.026 "
             "paired s.e.)") in lines
     assert not any(line.startswith("validation accuracy") for line in lines)
+    # on 200 held-out pairs a coin is right 0.5 ± 0.071 of the time (2 s.e.): 0.61 is beyond that, 0.55 is not
+    assert not any("chance" in line for line in summary(metrics | {"data/heldout": 200.0}, path).splitlines())
+    near = summary(metrics | {"data/heldout": 200.0, "eval/heldout_accuracy": 0.55}, path).splitlines()
+    assert ("held-out accuracy 0.550 (before training 0.500; without intervention 0.600, change +0.010 ± 0.026 "
+            "paired s.e.); within noise of chance: 0.5 ± 0.071 (2 s.e.) on 200 pairs") in near
     validated = summary(metrics | {"eval/validation_accuracy": 0.625, "eval/baseline/validation_accuracy": 0.65,
                                    "data/validation": 80.0}, path).splitlines()
     assert ("validation accuracy 0.625 (without intervention 0.650) on 80 pairs set apart from the held-out ones "
