@@ -79,29 +79,57 @@ def strongest_first(table: pd.DataFrame) -> pd.DataFrame:
 def write_verdicts(out_dir: Path, table: pd.DataFrame, header: dict, decided: dict[int, str] | None = None) -> None:
     """verdicts.yaml: a `select.verdicts` file for this audit, to edit and pass back. Every significant
     hypothesis, strongest first as in hypotheses.md, with this run's verdict (`decided`: the features
-    its selection blocked or amplified; allow for the rest) and, as a comment, what it is."""
+    its selection blocked or amplified; allow for the rest) and, as a comment, what it is.
+
+    A concept group whose features this run decided alike gets one `group:N:` line, at its strongest
+    feature's place, with its features' lines under it commented out (a person edits the group's
+    line, or uncomments a feature's to decide it apart); a group decided feature by feature keeps
+    its features' own lines."""
     decided = decided or {}
     sig = strongest_first(table)
     rows = {int(f): row for f, row in zip(sig["feature"], sig.to_dict("records"))}
     rows.update({f: table.loc[table["feature"] == f].iloc[0].to_dict() for f in decided if f not in rows})
+    group_of = {f: int(row["group"]) for f, row in rows.items() if pd.notna(row.get("group", pd.NA))}
+    members: dict[int, list[int]] = {}
+    for f, g in group_of.items():
+        members.setdefault(g, []).append(f)
+    uniform = {g: decided.get(fs[0], "allow") for g, fs in members.items()
+               if len({decided.get(f, "allow") for f in fs}) == 1}
     lines = [
         f"# select.verdicts for this audit: {len(sig)} significant hypotheses, strongest first (evidence: hypotheses.md).",
         "# Set each to allow, block or amplify, then train: the same config with a trainer, intervention and eval",
         "# (say trainer=dpo intervention=data_reweighting eval=default) and select.verdicts=<this file>;",
         "# the file overrides select.block / select.amplify for the features it names.",
+        "# A `group:N:` line decides every feature of concept group N; its features' lines below it are comments:",
+        "# uncomment one to decide that feature apart (a feature's own line overrides its group's).",
         "# Feature ids are those of this SAE; another (another seed, model or machine) numbers its features otherwise:",
         f"#   {header['sae']} at {header['hook']}",
         "# so the file is refused by a run whose SAE differs from the one `sae` names (its decoder, hashed).",
         f'sae: "{header["sae_fingerprint"]}"',
     ]
-    for feature, row in rows.items():
+
+    def feature_line(feature: int, row: dict) -> str:
         concept = f"; names {row['concept']}" if isinstance(row.get("concept"), str) else ""
-        concept = (f"; group {int(row['group'])}" if pd.notna(row.get("group", pd.NA)) else "") + concept
+        concept = (f"; group {group_of[feature]}" if feature in group_of else "") + concept
         where = header.get("replicated_on", "held-out")
         concept += {"yes": f"; replicated on {where}", "no": f"; NOT replicated on {where}", "": ""}[replicated(row)]
         tokens = escape_unprintable(str(row.get("top_tokens") or ""))  # (a line break would end the comment)
-        lines.append(f"{f'{feature}:':<6} {decided.get(feature, 'allow'):<8} # favours {row['direction']}, effect "
-                     f"{row['effect']:+.2f}, top tokens {tokens}{concept}")
+        return (f"{f'{feature}:':<6} {decided.get(feature, 'allow'):<8} # favours {row['direction']}, effect "
+                f"{row['effect']:+.2f}, top tokens {tokens}{concept}")
+
+    written: set[int] = set()
+    for feature, row in rows.items():
+        if feature in written:
+            continue
+        group = group_of.get(feature)
+        if group not in uniform:
+            lines.append(feature_line(feature, row))
+            continue
+        names = members[group]
+        lines.append(f"{f'group:{group}:':<10} {uniform[group]:<8} # concept group {group}: {len(names)} "
+                     f"feature{'s' if len(names) > 1 else ''}, below")
+        lines += [f"# {feature_line(f, rows[f])}" for f in names]  # ("# " off: a line of the mapping again)
+        written.update(names)
     atomic_write(out_dir / "verdicts.yaml", "\n".join(lines) + "\n")
 
 

@@ -4,6 +4,7 @@
     select.amplify=[sorry]               # (case-insensitive, whole token); ints are feature ids
     select.block=[group:3]               # every feature of concept group 3 (hypotheses.md)
     select.verdicts=verdicts.yaml        # {feature_id: allow | block | amplify}, edited by a person
+                                         # (a `group:3: block` line decides concept group 3's features)
     select.match_top=2                   # strings match only the 2 strongest top tokens (default: all)
 
 The result records every selected feature with the reason it was selected.
@@ -64,6 +65,7 @@ class Select:
         """Read the verdicts file now, so a typo in it fails before the audit, not after."""
         if self.verdicts:
             self._verdicts()
+            self._group_verdicts()
 
     def check_sae(self, fingerprint: str, d_sae: int | None = None) -> None:
         """A verdicts file written by a run (its `sae:` line) applies to that run's SAE only: in another,
@@ -101,18 +103,36 @@ class Select:
         return raw
 
     def _verdicts(self) -> dict[int, str]:
-        """feature -> verdict; the optional `sae:` line (the SAE the file was written for) is not a feature."""
+        """feature -> verdict; the optional `sae:` line (the SAE the file was written for) is not a feature,
+        nor are the `group:N` lines (`_group_verdicts`)."""
         out = {}
         for key, verdict in self._verdicts_file.items():
-            if key == "sae":
+            if key == "sae" or self._group_id(key) is not None:
                 continue
             if str(verdict).lower() not in VERDICTS:
                 raise AnatomyError(f"select.verdicts: feature {key}: verdict {verdict!r} is not one of {VERDICTS}")
             try:
                 out[int(key)] = str(verdict).lower()
             except ValueError:
-                raise AnatomyError(f"select.verdicts: {key!r} is not a feature id") from None
+                raise AnatomyError(f"select.verdicts: {key!r} is not a feature id (nor group:N)") from None
         return out
+
+    def _group_verdicts(self) -> dict[int, str]:
+        """concept group -> verdict, from the file's `group:N: verdict` lines."""
+        out = {}
+        for key, verdict in self._verdicts_file.items():
+            group = self._group_id(key)
+            if group is None:
+                continue
+            if str(verdict).lower() not in VERDICTS:
+                raise AnatomyError(f"select.verdicts: {key}: verdict {verdict!r} is not one of {VERDICTS}")
+            out[group] = str(verdict).lower()
+        return out
+
+    @staticmethod
+    def _group_id(key) -> int | None:
+        group = re.fullmatch(r"group:(\d+)", str(key).strip().lower())
+        return int(group[1]) if group else None
 
     def run(self, table: pd.DataFrame) -> Selection:
         """Resolve ids and strings against the hypotheses table (hypotheses.csv's rows)."""
@@ -150,14 +170,26 @@ class Select:
                     chosen[kind].setdefault(f, []).append(f"select.{kind} '{item}' matches its {where}")
         if self.verdicts:
             overridden = []  # features select.block / amplify chose that the file decides otherwise
+            decided = {}  # feature -> (verdict, why): its group's line first, then its own line, which wins
+            for group, verdict in self._group_verdicts().items():
+                if "group" not in significant.columns:
+                    raise AnatomyError(f"select.verdicts: 'group:{group}' names a concept group, but this run has "
+                                       "none (evidence.group_corr=null)")
+                members = [int(f) for f in significant.loc[significant["group"] == group, "feature"]]
+                if not members:
+                    raise AnatomyError(f"select.verdicts: 'group:{group}': there is no concept group {group} (this "
+                                       f"audit has {significant['group'].nunique()}; see hypotheses.md)")
+                decided.update({f: (verdict, f"{self.verdicts}: group:{group}: {verdict}") for f in members})
             for feature, verdict in self._verdicts().items():
                 if feature not in tested:
                     raise AnatomyError(f"select.verdicts: feature {feature} was not tested")
+                decided[feature] = (verdict, f"{self.verdicts}: {verdict}")
+            for feature, (verdict, why) in decided.items():
                 for kind in ("block", "amplify"):
                     if chosen[kind].pop(feature, None) is not None and verdict != kind:
                         overridden.append(f"{feature} ({kind} -> {verdict})")
                 if verdict != "allow":
-                    chosen[verdict][feature] = [f"{self.verdicts}: {verdict}"]
+                    chosen[verdict][feature] = [why]
             if overridden:
                 log.warning("select.verdicts=%s overrides select.block / select.amplify for %d features it names: "
                             "%s%s. Edit those lines of the file to decide them there", self.verdicts, len(overridden),

@@ -34,16 +34,19 @@ def test_default_audit_writes_its_outputs(default_audit):
     assert on_disk["audit/n_significant"] == metrics["audit/n_significant"]
     report = (out / "hypotheses.md").read_text()
     assert "[[" in report and "promotes" in report
-    # the audit's verdicts file to edit: every significant hypothesis, allowed (nothing was selected)
-    verdicts = yaml.safe_load((out / "verdicts.yaml").read_text())
-    assert len(verdicts.pop("sae")) == 16  # the SAE they are written for
-    assert set(verdicts) == set(table.loc[table["significant"], "feature"]) and set(verdicts.values()) == {"allow"}
     # concept groups: every significant hypothesis in one, numbered 1.. by their strongest member
     sig = strongest_first(table)
     assert sig["group"].notna().all() and table.loc[~table["significant"], "group"].isna().all()
     assert sorted(sig["group"].unique()) == list(range(1, int(metrics["audit/n_groups"]) + 1))
     assert sig["group"].iloc[0] == 1 and list(dict.fromkeys(sig["group"])) == sorted(sig["group"].unique())
-    assert "## Concept groups" in report and "; group 1" in (out / "verdicts.yaml").read_text()
+    assert "## Concept groups" in report
+    # the audit's verdicts file to edit: nothing was selected, so every group is allowed as a whole, a
+    # line each, and each significant hypothesis is a commented line under its group's
+    text = (out / "verdicts.yaml").read_text()
+    verdicts = yaml.safe_load(text)
+    assert len(verdicts.pop("sae")) == 16  # the SAE they are written for
+    assert set(verdicts) == {f"group:{int(g)}" for g in sig["group"].unique()} and set(verdicts.values()) == {"allow"}
+    assert all(f"\n# {f}:" in text for f in sig["feature"]) and "; group 1" in text
 
 
 def test_default_audit_finds_every_planted_spurious_concept(default_audit):

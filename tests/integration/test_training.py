@@ -27,7 +27,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from anatomy.cache import stage_code
 from anatomy.errors import AnatomyError
@@ -448,10 +447,12 @@ def test_the_selection_names_the_markdown_concept(reweighted):
     assert (named == "markdown").mean() >= 0.9, named.value_counts().to_dict()
     assert set(selection["features"]) == {str(f) for f in selection["block"]}
     # verdicts.yaml gives the same selection back, as a file a person can edit (select.verdicts=)
-    verdicts = yaml.safe_load((out / "verdicts.yaml").read_text())
-    verdicts.pop("sae")  # the SAE they are written for
-    assert sorted(f for f, v in verdicts.items() if v == "block") == selection["block"]
-    assert set(verdicts) == set(table.index[table["significant"]]) | set(selection["block"])
+    from anatomy.select import Select
+
+    again = Select(verdicts=str(out / "verdicts.yaml")).run(table.reset_index())
+    assert (again.block, again.amplify) == (selection["block"], [])
+    text = (out / "verdicts.yaml").read_text()  # every significant hypothesis is in it, as a line or a comment
+    assert all(f"\n{f}:" in text or f"\n# {f}:" in text for f in table.index[table["significant"]])
 
 
 def test_the_baseline_learns_markdown(reweighted):

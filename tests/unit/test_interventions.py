@@ -214,17 +214,32 @@ def test_the_verdicts_template_is_a_verdicts_file_that_gives_back_the_runs_selec
     header = {"sae": "sae-key", "hook": "blocks.2.hook_resid_post", "sae_fingerprint": "0123456789"}
     write_verdicts(tmp_path, t, header, {5: "block", 9: "amplify"})
     text = (tmp_path / "verdicts.yaml").read_text()
-    lines = [line for line in text.splitlines() if not line.startswith(("#", "sae:"))]
-    # the significant features, strongest first (by q, as hypotheses.md), then a selected non-significant one
-    assert [line.split(":")[0] for line in lines] == ["5", "3", "8", "9"]
-    assert lines[1].startswith("3:     allow") and "; group 2; names markdown" in lines[1] and "may\\nbe" in lines[2]
-    assert lines[0].endswith("top tokens genius|smart|brilliant; group 1") and "group" not in lines[3]
+    lines = [line for line in text.splitlines() if not line.startswith(("# ", "sae:")) or line[2:3].isdigit()]
+    # strongest first (by q, as hypotheses.md), a group at its strongest feature's place with its features
+    # under it as comments, then a selected non-significant feature
+    assert [line.split(":")[0] if not line.startswith("group") else line.split(":")[1] for line in lines] == \
+        ["1", "# 5", "2", "# 3", "# 8", "9"]
+    assert lines[0].startswith("group:1:   block") and lines[2].startswith("group:2:   allow")
+    assert "concept group 2: 2 features, below" in lines[2]
+    assert lines[3].startswith("# 3:     allow") and "; group 2; names markdown" in lines[3] and "may\\nbe" in lines[4]
+    assert lines[1].endswith("top tokens genius|smart|brilliant; group 1") and "group" not in lines[5]
     assert "#   sae-key at blocks.2.hook_resid_post" in text
     path = str(tmp_path / "verdicts.yaml")
     sel = Select(verdicts=path).run(t)
     assert (sel.block, sel.amplify) == ([5], [9])  # as the run selected
-    (tmp_path / "verdicts.yaml").write_text(text.replace("3:     allow", "3:     block"))  # a person's edit
-    assert Select(block=["genius"], verdicts=path).run(t).block == [3, 5]
+    assert sel.reasons[5] == [f"{path}: group:1: block"]
+    (tmp_path / "verdicts.yaml").write_text(text.replace("group:2:   allow", "group:2:   block"))  # a person's edit
+    assert Select(verdicts=path).run(t).block == [3, 5, 8]
+    # uncommenting a feature's line decides it apart from its group
+    (tmp_path / "verdicts.yaml").write_text(text.replace("group:2:   allow", "group:2:   block")
+                                            .replace("# 8:     allow", "8:     allow"))
+    assert Select(verdicts=path).run(t).block == [3, 5]
+    # a group decided feature by feature keeps its features' own lines
+    write_verdicts(tmp_path, t, header, {3: "block", 5: "block"})
+    mixed = (tmp_path / "verdicts.yaml").read_text()
+    assert "group:2:" not in mixed and "\n3:     block" in mixed and "\n8:     allow" in mixed
+    assert Select(verdicts=path).run(t).block == [3, 5]
+    (tmp_path / "verdicts.yaml").write_text(text)
     # the file names the SAE it was written for (quoted: digits alone would read as a number)
     Select(verdicts=path).check_sae("0123456789")
     with pytest.raises(AnatomyError, match=r"written for another SAE \(its sae: 0123456789; this run's SAE: fedcba"):
@@ -257,11 +272,23 @@ def test_an_sae_fingerprint_is_its_decoder():
     ("- 3\n- 5\n", "expected a mapping"),
     ("3: [block\n", "does not parse as YAML"),
     ("42: block\n", "feature 42 was not tested"),
+    ("group:1: blok\n", r"group:1: verdict 'blok' is not one of"),
+    ("group:7: block\n", r"'group:7': there is no concept group 7 \(this audit has 2"),
 ])
 def test_bad_verdicts_file_is_an_error_naming_it(tmp_path, content, match):
     path = tmp_path / "verdicts.yaml"
     path.write_text(content)
     with pytest.raises(AnatomyError, match=match):
+        Select(verdicts=str(path)).run(table().assign(group=pd.array([1, 2, 1, pd.NA], dtype="Int64")))
+
+
+def test_a_verdicts_group_line_is_checked_before_the_audit_and_needs_groups(tmp_path):
+    path = tmp_path / "verdicts.yaml"
+    path.write_text("group:1: maybe\n")
+    with pytest.raises(AnatomyError, match=r"group:1: verdict 'maybe' is not one of"):
+        Select(verdicts=str(path)).check()  # (check runs before the audit)
+    path.write_text("group:1: block\n")
+    with pytest.raises(AnatomyError, match="'group:1' names a concept group, but this run has none"):
         Select(verdicts=str(path)).run(table())
 
 
