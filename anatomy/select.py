@@ -152,14 +152,7 @@ class Select:
                     continue
                 group = re.fullmatch(r"group:(\d+)", item.strip().lower())
                 if group:
-                    if "group" not in significant.columns:
-                        raise AnatomyError(f"select.{kind}: '{item}' names a concept group, but this run has none "
-                                           "(evidence.group_corr=null)")
-                    hits = [int(f) for f in significant.loc[significant["group"] == int(group[1]), "feature"]]
-                    if not hits:
-                        raise AnatomyError(f"select.{kind}: '{item}': there is no concept group {group[1]} (this "
-                                           f"audit has {significant['group'].nunique()}; see hypotheses.md)")
-                    for f in hits:
+                    for f in group_members(significant, int(group[1]), f"select.{kind}: '{item}'"):
                         chosen[kind].setdefault(f, []).append(f"select.{kind} '{item}': it is in concept group {group[1]}")
                     continue
                 hits = [f for f, toks in tokens.items() if item.lower() in toks]
@@ -172,13 +165,7 @@ class Select:
             overridden = []  # features select.block / amplify chose that the file decides otherwise
             decided = {}  # feature -> (verdict, why): its group's line first, then its own line, which wins
             for group, verdict in self._group_verdicts().items():
-                if "group" not in significant.columns:
-                    raise AnatomyError(f"select.verdicts: 'group:{group}' names a concept group, but this run has "
-                                       "none (evidence.group_corr=null)")
-                members = [int(f) for f in significant.loc[significant["group"] == group, "feature"]]
-                if not members:
-                    raise AnatomyError(f"select.verdicts: 'group:{group}': there is no concept group {group} (this "
-                                       f"audit has {significant['group'].nunique()}; see hypotheses.md)")
+                members = group_members(significant, group, f"select.verdicts: 'group:{group}'")
                 decided.update({f: (verdict, f"{self.verdicts}: group:{group}: {verdict}") for f in members})
             for feature, verdict in self._verdicts().items():
                 if feature not in tested:
@@ -210,3 +197,14 @@ class Select:
         reasons = {**chosen["block"], **chosen["amplify"]}
         return Selection(sorted(chosen["block"]), sorted(chosen["amplify"]), reasons,
                          {f: tested[f] for f in reasons}, unmatched)
+
+
+def group_members(significant: pd.DataFrame, group: int, where: str) -> list[int]:
+    """The features of concept group `group` (hypotheses.md), or an error saying `where` named it."""
+    if "group" not in significant.columns:
+        raise AnatomyError(f"{where} names a concept group, but this run has none (evidence.group_corr=null)")
+    members = [int(f) for f in significant.loc[significant["group"] == group, "feature"]]
+    if not members:
+        raise AnatomyError(f"{where}: there is no concept group {group} (this audit has "
+                           f"{significant['group'].nunique()}; see hypotheses.md)")
+    return members
