@@ -52,7 +52,9 @@ before them (the policy, reference and data: gradients, optimizer state and acti
 `--precision-row bf16` adds a fifth configuration, 2 with bf16 autocast (`trainer.mixed_precision`),
 timed and measured against 2; `--mixed-precision bf16` runs all of them so. `--d-model`/`--layers`
 build a wider, deeper tiny LM (pretrained only --model-steps steps: its speed, not its knowledge, is
-measured), whose SAE reads the middle layer.
+measured), whose SAE reads the middle layer. Measured on one H100 (README, *Benchmarks*): the
+hooks 0.99-1.03x, the weighted trainer's peak memory 1.000x stock's, bf16 0.80x the memory of
+float32 on a 12 x 768 LM (0.91x its step time) and 0.59x on the study's (1.20x its step time).
 """
 
 from __future__ import annotations
@@ -189,12 +191,8 @@ def peak_memory(run, model, reference, steps):
     """GPU memory (bytes) that training `steps` steps of `run` alone takes at its peak, beyond what was
     allocated before it started (the models and data): gradients, optimizer state, activations."""
     cls, data, edits, precision = run
-
-    class Idle(TrainerCallback):
-        pass
-
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = make_trainer(cls, model, reference, data, steps, Idle(), tmp, precision)
+        trainer = make_trainer(cls, model, reference, data, steps, TrainerCallback(), tmp, precision)
         gc.collect()  # the timed trainers' optimizer state, freed mid-run, would mask this run's own
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
