@@ -64,8 +64,7 @@ class Select:
     def check(self) -> None:
         """Read the verdicts file now, so a typo in it fails before the audit, not after."""
         if self.verdicts:
-            self._verdicts()
-            self._group_verdicts()
+            self._verdicts()  # (parses every line, the group lines too)
 
     def check_sae(self, fingerprint: str, d_sae: int | None = None) -> None:
         """A verdicts file written by a run (its `sae:` line) applies to that run's SAE only: in another,
@@ -103,31 +102,33 @@ class Select:
         return raw
 
     def _verdicts(self) -> dict[int, str]:
-        """feature -> verdict; the optional `sae:` line (the SAE the file was written for) is not a feature,
-        nor are the `group:N` lines (`_group_verdicts`)."""
-        out = {}
-        for key, verdict in self._verdicts_file.items():
-            if key == "sae" or self._group_id(key) is not None:
-                continue
-            if str(verdict).lower() not in VERDICTS:
-                raise AnatomyError(f"select.verdicts: feature {key}: verdict {verdict!r} is not one of {VERDICTS}")
-            try:
-                out[int(key)] = str(verdict).lower()
-            except ValueError:
-                raise AnatomyError(f"select.verdicts: {key!r} is not a feature id (nor group:N)") from None
-        return out
+        """feature -> verdict (`_decisions`)."""
+        return self._decisions[0]
 
     def _group_verdicts(self) -> dict[int, str]:
-        """concept group -> verdict, from the file's `group:N: verdict` lines."""
-        out = {}
+        """concept group -> verdict, from the file's `group:N: verdict` lines (`_decisions`)."""
+        return self._decisions[1]
+
+    @cached_property
+    def _decisions(self) -> tuple[dict[int, str], dict[int, str]]:
+        """The file's lines as (feature -> verdict, concept group -> verdict); the optional `sae:` line
+        (the SAE the file was written for) is neither."""
+        features, groups = {}, {}
         for key, verdict in self._verdicts_file.items():
-            group = self._group_id(key)
-            if group is None:
+            if key == "sae":
                 continue
+            group = self._group_id(key)
+            name = key if group is not None else f"feature {key}"
             if str(verdict).lower() not in VERDICTS:
-                raise AnatomyError(f"select.verdicts: {key}: verdict {verdict!r} is not one of {VERDICTS}")
-            out[group] = str(verdict).lower()
-        return out
+                raise AnatomyError(f"select.verdicts: {name}: verdict {verdict!r} is not one of {VERDICTS}")
+            if group is not None:
+                groups[group] = str(verdict).lower()
+                continue
+            try:
+                features[int(key)] = str(verdict).lower()
+            except ValueError:
+                raise AnatomyError(f"select.verdicts: {key!r} is not a feature id (nor group:N)") from None
+        return features, groups
 
     @staticmethod
     def _group_id(key) -> int | None:
