@@ -102,12 +102,8 @@ class Select:
         return raw
 
     def _verdicts(self) -> dict[int, str]:
-        """feature -> verdict (`_decisions`)."""
+        """feature -> verdict (`_decisions`; its group lines are `_decisions[1]`)."""
         return self._decisions[0]
-
-    def _group_verdicts(self) -> dict[int, str]:
-        """concept group -> verdict, from the file's `group:N: verdict` lines (`_decisions`)."""
-        return self._decisions[1]
 
     @cached_property
     def _decisions(self) -> tuple[dict[int, str], dict[int, str]]:
@@ -151,10 +147,10 @@ class Select:
                         raise AnatomyError(f"select.{kind}: feature {item} was not tested (below min_frequency, or out of range)")
                     chosen[kind].setdefault(item, []).append(f"select.{kind} names feature {item}")
                     continue
-                group = re.fullmatch(r"group:(\d+)", item.strip().lower())
-                if group:
-                    for f in group_members(significant, int(group[1]), f"select.{kind}: '{item}'"):
-                        chosen[kind].setdefault(f, []).append(f"select.{kind} '{item}': it is in concept group {group[1]}")
+                group = self._group_id(item)
+                if group is not None:
+                    for f in group_members(significant, group, f"select.{kind}: '{item}'"):
+                        chosen[kind].setdefault(f, []).append(f"select.{kind} '{item}': it is in concept group {group}")
                     continue
                 hits = [f for f, toks in tokens.items() if item.lower() in toks]
                 if not hits:
@@ -165,7 +161,7 @@ class Select:
         if self.verdicts:
             overridden = []  # features select.block / amplify chose that the file decides otherwise
             decided = {}  # feature -> (verdict, why): its group's line first, then its own line, which wins
-            for group, verdict in self._group_verdicts().items():
+            for group, verdict in self._decisions[1].items():  # (group lines)
                 members = group_members(significant, group, f"select.verdicts: 'group:{group}'")
                 decided.update({f: (verdict, f"{self.verdicts}: group:{group}: {verdict}") for f in members})
             for feature, verdict in self._verdicts().items():

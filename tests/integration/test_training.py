@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from anatomy.cache import stage_code
 from anatomy.errors import AnatomyError
 from anatomy.interventions.plan import Plan
+from anatomy.select import Select
 from conftest import AUDIT, SMALL, compose, hh_rlhf_small, run_study
 
 MARKDOWN = r'select.block=[key,recap,note,"**",":**","##","-","\n"]'  # strings naming the planted markdown concept
@@ -447,8 +448,6 @@ def test_the_selection_names_the_markdown_concept(reweighted):
     assert (named == "markdown").mean() >= 0.9, named.value_counts().to_dict()
     assert set(selection["features"]) == {str(f) for f in selection["block"]}
     # verdicts.yaml gives the same selection back, as a file a person can edit (select.verdicts=)
-    from anatomy.select import Select
-
     again = Select(verdicts=str(out / "verdicts.yaml")).run(table.reset_index())
     assert (again.block, again.amplify) == (selection["block"], [])
     text = (out / "verdicts.yaml").read_text()  # every significant hypothesis is in it, as a line or a comment
