@@ -107,6 +107,13 @@ def write_verdicts(out_dir: Path, table: pd.DataFrame, header: dict, decided: di
         "# so the file is refused by a run whose SAE differs from the one `sae` names (its decoder, hashed).",
         f'sae: "{header["sae_fingerprint"]}"',
     ]
+    lined = {g: sorted(fs) for g, fs in sorted(members.items()) if g in uniform}
+    if lined:  # (each `group:N:` line's features, for a run to check its own group N against)
+        lines += [
+            "# Group numbers are one audit's too (evidence.* and the hypothesis test form the groups): a run refuses a",
+            "# group:N line whose group N there has other features than these; delete `N: [...]` to apply it anyway.",
+            "groups: {" + ", ".join(f"{g}: [{', '.join(map(str, fs))}]" for g, fs in lined.items()) + "}",
+        ]
 
     def feature_line(feature: int, row: dict) -> str:
         concept = f"; names {row['concept']}" if isinstance(row.get("concept"), str) else ""

@@ -65,6 +65,7 @@ class Select:
         """Read the verdicts file now, so a typo in it fails before the audit, not after."""
         if self.verdicts:
             self._verdicts()  # (parses every line, the group lines too)
+            _ = self._written_groups  # (and the groups: line)
 
     def check_sae(self, fingerprint: str, d_sae: int | None = None) -> None:
         """A verdicts file written by a run (its `sae:` line) applies to that run's SAE only: in another,
@@ -111,7 +112,7 @@ class Select:
         (the SAE the file was written for) is neither."""
         features, groups = {}, {}
         for key, verdict in self._verdicts_file.items():
-            if key == "sae":
+            if key in ("sae", "groups"):
                 continue
             group = self._group_id(key)
             name = key if group is not None else f"feature {key}"
@@ -125,6 +126,15 @@ class Select:
             except ValueError:
                 raise AnatomyError(f"select.verdicts: {key!r} is not a feature id (nor group:N)") from None
         return features, groups
+
+    @cached_property
+    def _written_groups(self) -> dict[int, set[int]]:
+        """The optional `groups:` line: each group line's features in the audit that wrote the file."""
+        written = self._verdicts_file.get("groups") or {}
+        try:
+            return {int(g): {int(f) for f in fs} for g, fs in written.items()}
+        except (AttributeError, TypeError, ValueError):
+            raise AnatomyError(f"select.verdicts: groups: expected {{group: [feature ids]}}, got {written!r}") from None
 
     @staticmethod
     def _group_id(key) -> int | None:
@@ -163,6 +173,14 @@ class Select:
             decided = {}  # feature -> (verdict, why): its group's line first, then its own line, which wins
             for group, verdict in self._decisions[1].items():  # (group lines)
                 members = group_members(significant, group, f"select.verdicts: 'group:{group}'")
+                written = self._written_groups.get(group)
+                if written is not None and written != set(members):
+                    raise AnatomyError(
+                        f"select.verdicts: group:{group} was written for features {sorted(written)}, but this "
+                        f"audit's concept group {group} is {sorted(members)}: group numbers are one audit's "
+                        "(evidence.*, the hypothesis test and the data form the groups). Audit with this config and "
+                        f"edit that run's verdicts.yaml, or delete `{group}: [...]` from the file's groups: line "
+                        "to apply the line to this audit's group anyway")
                 decided.update({f: (verdict, f"{self.verdicts}: group:{group}: {verdict}") for f in members})
             for feature, verdict in self._verdicts().items():
                 if feature not in tested:

@@ -45,6 +45,7 @@ def test_default_audit_writes_its_outputs(default_audit):
     text = (out / "verdicts.yaml").read_text()
     verdicts = yaml.safe_load(text)
     assert len(verdicts.pop("sae")) == 16  # the SAE they are written for
+    assert verdicts.pop("groups") == {int(g): sorted(map(int, fs)) for g, fs in sig.groupby("group")["feature"]}
     assert set(verdicts) == {f"group:{int(g)}" for g in sig["group"].unique()} and set(verdicts.values()) == {"allow"}
     assert all(f"\n# {f}:" in text for f in sig["feature"]) and "; group 1" in text
 

@@ -214,7 +214,7 @@ def test_the_verdicts_template_is_a_verdicts_file_that_gives_back_the_runs_selec
     header = {"sae": "sae-key", "hook": "blocks.2.hook_resid_post", "sae_fingerprint": "0123456789"}
     write_verdicts(tmp_path, t, header, {5: "block", 9: "amplify"})
     text = (tmp_path / "verdicts.yaml").read_text()
-    lines = [line for line in text.splitlines() if not line.startswith(("# ", "sae:")) or line[2:3].isdigit()]
+    lines = [line for line in text.splitlines() if not line.startswith(("# ", "sae:", "groups:")) or line[2:3].isdigit()]
     # strongest first (by q, as hypotheses.md), a group at its strongest feature's place with its features
     # under it as comments, then a selected non-significant feature
     assert [line.split(":")[0] if not line.startswith("group") else line.split(":")[1] for line in lines] == \
@@ -239,6 +239,21 @@ def test_the_verdicts_template_is_a_verdicts_file_that_gives_back_the_runs_selec
     mixed = (tmp_path / "verdicts.yaml").read_text()
     assert "group:2:" not in mixed and "\n3:     block" in mixed and "\n8:     allow" in mixed
     assert Select(verdicts=path).run(t).block == [3, 5]
+    (tmp_path / "verdicts.yaml").write_text(text)
+    # it records each group line's features: an audit whose group 2 has other features refuses the line
+    assert "\ngroups: {1: [5], 2: [3, 8]}\n" in text and "\ngroups: {1: [5]}\n" in mixed  # (mixed: 2 has no line)
+    regrouped = t.assign(group=pd.array([2, 1, 1, pd.NA], dtype="Int64"))  # 8 moved to group 1
+    with pytest.raises(AnatomyError, match=r"group:1 was written for features \[5\], but this audit's concept "
+                                           r"group 1 is \[5, 8\]: group numbers are one audit's"):
+        Select(verdicts=path).run(regrouped)
+    (tmp_path / "verdicts.yaml").write_text(text.replace("groups: {1: [5], 2: [3, 8]}", "groups: {2: [3, 8]}"))
+    with pytest.raises(AnatomyError, match=r"group:2 was written for features \[3, 8\], but this audit's concept "
+                                           r"group 2 is \[3\]"):
+        Select(verdicts=path).run(regrouped)  # 1's entry deleted: group 1 is not checked, group 2 still is
+    assert Select(verdicts=path).run(t).block == [5]
+    (tmp_path / "verdicts.yaml").write_text(text.replace("groups: {1: [5], 2: [3, 8]}", "groups: [5]"))
+    with pytest.raises(AnatomyError, match=r"groups: expected \{group: \[feature ids\]\}, got \[5\]"):
+        Select(verdicts=path).check()  # (before the audit)
     (tmp_path / "verdicts.yaml").write_text(text)
     # the file names the SAE it was written for (quoted: digits alone would read as a number)
     Select(verdicts=path).check_sae("0123456789")
