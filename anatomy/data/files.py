@@ -62,7 +62,7 @@ def read_rows(path: str, fmt: str = "auto", option: str = "data.path") -> list[d
                                    f"got {type(rows).__name__}")
             return rows
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # (not splitlines: JSON strings may hold U+2028, ...)
         if not line.strip():
             continue
         try:

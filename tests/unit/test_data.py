@@ -101,6 +101,15 @@ def test_read_rows_skips_blank_jsonl_lines_and_names_a_broken_one(tmp_path):
         read_rows(str(path))
 
 
+def test_read_rows_splits_json_lines_at_line_feeds_only(tmp_path):
+    # JSON allows U+0085, U+2028 and a lone carriage return raw inside a string (GENIES' reward_seeking
+    # train split has U+0085), where Python's str.splitlines would cut the line; Windows' \r\n still ends one
+    rows = [{"prompt": "p\x85q", "chosen": "a\u2028b", "rejected": "c\rd"}, ROWS[1]]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\r\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\r\n", newline="")
+    assert read_rows(str(path)) == rows
+
+
 def test_read_rows_errors(tmp_path):
     with pytest.raises(AnatomyError, match=r"nope\.jsonl.*does not exist"):
         read_rows(str(tmp_path / "nope.jsonl"))
