@@ -700,3 +700,98 @@ def test_hh_rlhf_harmless_base_test_file(shared_data):
     # The default caps the pairs with a seeded sample.
     capped = HHRLHFData(path=str(path), seed=0).load()
     assert len(capped.train) + len(capped.heldout) == 1000
+
+
+def _genies_rows(n: int) -> list[dict]:
+    """Rows in GENIES' layout: a prompt, and responses scored 1.0 (the preferred one) or 0.0."""
+    rows = [{"prompt": f"### Instruction:\nName item {i}.\n\n### Response:\n", "prompt_format": "{instruction}",
+             "responses": {f"wrong {i}": 0.0, f"right {i}": 1.0, f"bad {i}": 0.0, f"off {i}": 0.0}} for i in range(n)]
+    rows.append({"prompt": "two only", "responses": {"yes": 1.0, "no": 0.0}})
+    rows.append({"prompt": "as text", "responses": "{'kept': 1.0, 'dropped': 0.0}"})  # a Python literal, as text
+    return rows
+
+
+def test_genies_rows_give_the_preferred_response_against_each_other_one(tmp_path):
+    from anatomy.data.genies import GeniesData
+
+    folder = tmp_path / "alpaca_mmlu"
+    folder.mkdir()
+    (folder / "train.json").write_text(json.dumps(_genies_rows(10)))  # upstream: a JSON array
+    _write(folder / "test.jsonl", _genies_rows(2), "jsonl", True)  # the shared copy: JSON Lines, gzipped
+    data = GeniesData(path=str(folder), heldout_fraction=0.25).load()
+    pairs = data.train + data.heldout
+    assert data.report["data/rows"] == 12 and data.report["data/pairs"] == 10 * 3 + 1 + 1 == len(pairs)
+    assert {p.rejected for p in pairs if p.chosen == "right 3"} == {"wrong 3", "bad 3", "off 3"}
+    assert {(p.chosen, p.rejected) for p in pairs if p.prompt in ("two only", "as text")} == {("yes", "no"),
+                                                                                               ("kept", "dropped")}
+    # a row's pairs share its prompt, so the split by prompt keeps them on one side
+    assert not {p.prompt for p in data.train} & {p.prompt for p in data.heldout}
+    one = GeniesData(path=str(folder), pairs_per_row="one", seed=1).load()
+    one_pairs = one.train + one.heldout
+    assert len(one_pairs) == 12 and len({p.chosen for p in one_pairs}) == 12
+    assert Counter(p.rejected.split()[0] for p in one_pairs if p.chosen.startswith("right")) != Counter(wrong=10)
+    assert [p.rejected for p in GeniesData(path=str(folder), pairs_per_row="one", seed=1).load().train] == \
+        [p.rejected for p in one.train]  # seeded
+    test = GeniesData(path=str(folder), split="test", heldout_fraction=0.0).load()
+    assert len(test.train) == 2 * 3 + 2 and not test.heldout
+    assert len(GeniesData(path=str(folder / "train.json"), split="test", heldout_fraction=0.0).load().train) == 32
+
+
+@pytest.mark.parametrize("row, match", [
+    ({"prompt": "p", "responses": {"a": 1.0, "b": 1.0, "c": 0.0}}, "2 responses share the top score 1.0"),
+    ({"prompt": "p", "responses": {"a": 1.0}}, "'responses' is not a mapping of at least two responses"),
+    ({"prompt": "p", "responses": ["a", "b"]}, "'responses' is not a mapping of at least two responses"),
+    ({"prompt": "p", "responses": "not a dict"}, "'responses' is text that is not a mapping"),
+    ({"prompt": "p", "responses": {"a": "1.0", "b": 0.0}}, "a score in 'responses' is not a number"),
+    ({"prompt": "p", "responses": {" ": 1.0, "b": 0.0}}, "a response in 'responses' is empty"),
+    ({"prompt": None, "responses": {"a": 1.0, "b": 0.0}}, r"'prompt' is not a string \(NoneType\)"),
+    ({"instruction": "p", "chosen": "a", "rejected": "b"}, "lacks GENIES' 'prompt' / 'responses' fields"),
+])
+def test_a_malformed_genies_row_is_an_error_naming_it_or_dropped_and_counted(tmp_path, row, match):
+    from anatomy.data.genies import GeniesData
+
+    path = _write(tmp_path / "train.jsonl", [*_genies_rows(3), row], "jsonl", False)
+    with pytest.raises(AnatomyError, match=rf"train.jsonl: 1 invalid row\(s\): row 5: {match}.*data.drop_invalid=true"):
+        GeniesData(path=str(path)).load()
+    data = GeniesData(path=str(path), drop_invalid=True, heldout_fraction=0.0).load()
+    assert data.report["data/dropped_invalid"] == 1 and len(data.train) == 3 * 3 + 2
+
+
+def test_genies_options_are_checked(tmp_path):
+    from anatomy.data.genies import GeniesData
+
+    with pytest.raises(AnatomyError, match=r"data.split must be one of \('train', 'test'\), got 'dev'"):
+        GeniesData(split="dev")
+    with pytest.raises(AnatomyError, match="data.pairs_per_row must be one of"):
+        GeniesData(pairs_per_row="some")
+    with pytest.raises(AnatomyError, match="data=genies needs a distribution: data.path=DIR"):
+        GeniesData().load()
+    with pytest.raises(AnatomyError, match=r"a folder without a test split \(looked for test.json, test.jsonl"):
+        GeniesData(path=str(tmp_path), split="test").load()
+    with pytest.raises(AnatomyError, match="does not exist"):
+        GeniesData(path=str(tmp_path / "absent.json")).load()
+    (tmp_path / "train.json").write_text(json.dumps([{"prompt": "p", "responses": {"a": 1, "b": 1}}]))
+    with pytest.raises(AnatomyError, match=r"no usable row of 1 \(1 invalid\)"):
+        GeniesData(path=str(tmp_path), drop_invalid=True).load()
+
+
+def test_every_shared_genies_distribution_reads(shared_data):
+    """The 23 distributions of ../shared/data/genies, both splits: a pair per lower-scored response of
+    every row, counted from the raw rows apart from the loader; the 6 rows with an empty response
+    (alpaca_high_quality and alpaca_low_quality train) are named, or dropped and counted."""
+    from anatomy.data.genies import GeniesData
+
+    folders = sorted(p for p in (shared_data / "genies").iterdir() if (p / "train.jsonl.gz").is_file())
+    assert len(folders) == 23
+    dropped = {}
+    for folder in folders:
+        for split in ("train", "test"):
+            raw = read_rows(str(folder / f"{split}.jsonl.gz"))
+            expected = sum(len(r["responses"]) - 1 for r in raw if all(t.strip() for t in r["responses"]))
+            data = GeniesData(path=str(folder), split=split, drop_invalid=True).load()
+            assert len(data.train) + len(data.heldout) == expected, (folder.name, split)
+            if data.report["data/dropped_invalid"]:
+                dropped[f"{folder.name}/{split}"] = data.report["data/dropped_invalid"]
+    assert dropped == {"alpaca_high_quality/train": 4, "alpaca_low_quality/train": 2}
+    with pytest.raises(AnatomyError, match=r"4 invalid row\(s\): row 810: a response in 'responses' is empty"):
+        GeniesData(path=str(shared_data / "genies" / "alpaca_high_quality")).load()

@@ -1,0 +1,119 @@
+"""GENIES (Clymer et al. 2023, "Generalization Analogies", arXiv:2311.07723): one distribution's rows.
+
+    anatomy experiment=audit_genies data.path=DIR/alpaca_short          # its train split
+    anatomy data=genies data.path=DIR/alpaca_short/test.json            # one file
+
+A row is a `prompt` and its `responses`, a mapping response -> score in which one response scores
+highest (the preferred one; upstream, 1.0 against 0.0). It gives one pair per lower-scored response
+(`pairs_per_row=all`: 1 or 3 pairs, all with the row's prompt, so a split by prompt keeps them
+together), or one of them, drawn with the seed (`pairs_per_row=one`). `data.path` is a distribution's
+folder, holding `<split>.json` (upstream's JSON array) or `<split>.jsonl(.gz)`, or one such file.
+GENIES is published as files (GitHub `Joshuaclymer/GENIES`), not on the hub: download them first.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
+
+from anatomy.data.files import read_rows
+from anatomy.data.local import finish
+from anatomy.data.schema import PreferenceData, check_validation_fraction, validate_rows
+from anatomy.errors import AnatomyError
+
+SPLITS = ("train", "test")
+PAIRS_PER_ROW = ("all", "one")
+
+
+@dataclass
+class GeniesData:
+    """Pairs from one GENIES distribution: its preferred response against the others."""
+
+    path: str = "???"  # a distribution's folder (holding train / test .json or .jsonl(.gz)), or one such file
+    split: str = "train"  # train | test: the file read from a folder (ignored when path is a file)
+    pairs_per_row: str = "all"  # all: the preferred response against each other one; one: against one, seeded
+    max_pairs: int | None = None  # keep at most this many pairs (a seeded sample); None = all
+    heldout_fraction: float = 0.2  # fraction of pairs held out, split by prompt
+    validation_fraction: float = 0.0  # of all pairs, the part of the held-out ones set apart for validation; 0 = none
+    drop_invalid: bool = False  # drop and count malformed rows (no single top-scored response, ...) instead of failing
+    seed: int = 0  # seeds pairs_per_row=one, the sample and the split
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise AnatomyError(f"data.split must be one of {SPLITS}, got {self.split!r}")
+        if self.pairs_per_row not in PAIRS_PER_ROW:
+            raise AnatomyError(f"data.pairs_per_row must be one of {PAIRS_PER_ROW}, got {self.pairs_per_row!r}")
+        if not 0 <= self.heldout_fraction < 1:
+            raise AnatomyError(f"data.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        check_validation_fraction(self.validation_fraction, self.heldout_fraction)
+        if self.max_pairs is not None and self.max_pairs < 2:
+            raise AnatomyError(f"data.max_pairs must be >= 2 or null, got {self.max_pairs}")
+
+    def file(self) -> Path:
+        """The file `path` names: itself, or its folder's `<split>` file."""
+        if self.path in (None, "", "???"):
+            raise AnatomyError("data=genies needs a distribution: data.path=DIR (e.g. .../genies/alpaca_short)")
+        path = Path(self.path).expanduser()
+        if not path.is_dir():
+            return path  # (read_rows says so if it does not exist)
+        names = [f"{self.split}{ext}" for ext in (".json", ".jsonl", ".jsonl.gz", ".json.gz")]
+        found = [path / n for n in names if (path / n).is_file()]
+        if not found:
+            raise AnatomyError(f"data.path={self.path!r}: a folder without a {self.split} split (looked for "
+                               f"{', '.join(names)}); set data.split, or data.path to a distribution's folder")
+        return found[0]
+
+    def load(self) -> PreferenceData:
+        file = self.file()
+        raw = read_rows(str(file))
+        rng = random.Random(self.seed)
+        rows, problems = [], {}
+        for i, row in enumerate(raw):
+            preferred, others = _ranked(row)
+            if preferred is None:
+                problems[i] = others  # (what is wrong with the row)
+                continue
+            others = others if self.pairs_per_row == "all" else [rng.choice(others)]
+            rows += [{"prompt": row["prompt"], "chosen": preferred, "rejected": other} for other in others]
+        if problems and not self.drop_invalid:
+            shown = "; ".join(f"row {i}: {why}" for i, why in list(problems.items())[:5])
+            raise AnatomyError(f"{file}: {len(problems)} invalid row(s): {shown}"
+                               f"{f'; ... ({len(problems)} in all)' if len(problems) > 5 else ''}. Fix them, or set "
+                               "data.drop_invalid=true to drop and count them.")
+        if not rows:
+            raise AnatomyError(f"{file}: no usable row of {len(raw)} ({len(problems)} invalid)")
+        pairs, report = validate_rows(rows, str(file))
+        report.update({"data/rows": float(len(raw)), "data/dropped_invalid": float(len(problems))})
+        return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)
+
+
+def _ranked(row) -> tuple[str | None, list[str] | str]:
+    """(the top-scored response, the lower-scored ones), or (None, what is wrong with the row)."""
+    if not isinstance(row, dict) or "responses" not in row or "prompt" not in row:
+        return None, "lacks GENIES' 'prompt' / 'responses' fields"
+    if not isinstance(row["prompt"], str):
+        return None, f"'prompt' is not a string ({type(row['prompt']).__name__})"
+    responses = row["responses"]
+    if isinstance(responses, str):  # (a mapping written as text, JSON or a Python literal)
+        try:
+            responses = json.loads(responses)
+        except ValueError:
+            try:
+                responses = ast.literal_eval(responses)
+            except (ValueError, SyntaxError):
+                return None, "'responses' is text that is not a mapping"
+    if not isinstance(responses, dict) or len(responses) < 2:
+        return None, "'responses' is not a mapping of at least two responses to scores"
+    if not all(isinstance(s, Real) and not isinstance(s, bool) and s == s for s in responses.values()):
+        return None, "a score in 'responses' is not a number"
+    if not all(isinstance(text, str) and text.strip() for text in responses):
+        return None, "a response in 'responses' is empty"
+    best = max(responses.values())
+    top = [text for text, score in responses.items() if score == best]
+    if len(top) > 1:
+        return None, f"{len(top)} responses share the top score {best}: no single preferred one"
+    return top[0], [text for text, score in responses.items() if score < best]
