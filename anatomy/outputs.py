@@ -69,6 +69,27 @@ def replicated(row) -> str:
     return "yes" if str(value) in ("True", "1", "1.0") else "no"
 
 
+LENGTH_ONE_SIDED = 0.9  # a share of pairs whose chosen response is longer (or shorter) that length_note flags
+
+
+def length_note(metrics: dict, control_length: bool) -> str | None:
+    """What to know when the chosen response is the longer (or the shorter) one in at least
+    LENGTH_ONE_SIDED of the pairs: length alone then separates them, and so does every feature that
+    grows with length; regressing length out extrapolates to equal lengths, which few pairs have."""
+    shares = {"longer": metrics.get("audit/chosen_longer", 0.0), "shorter": metrics.get("audit/chosen_shorter", 0.0)}
+    side, share = max(shares.items(), key=lambda item: item[1])
+    if share < LENGTH_ONE_SIDED:
+        return None
+    said = (f"length: the chosen response is the {side} one in {share:.0%} of the "
+            f"{int(metrics['audit/n_pairs'])} pairs, so length alone separates chosen from rejected, and so does "
+            "every feature that grows with length; ")
+    if control_length:
+        return said + ("hypothesis.control_length estimates each effect at equal lengths, which few pairs have: an "
+                       "extrapolation that cannot tell a concept from length here")
+    return said + ("read these hypotheses as length until shown otherwise (hypothesis=length_controlled regresses "
+                   "length out, though at this share only by extrapolating to equal lengths)")
+
+
 def strongest_first(table: pd.DataFrame) -> pd.DataFrame:
     """The significant hypotheses, smallest q first, then largest |effect|: the order of hypotheses.md,
     verdicts.yaml and the summary."""
@@ -187,6 +208,10 @@ def render_markdown(table: pd.DataFrame, details: dict, metrics: dict, header: d
         f"**{len(sig)} significant** ({int(metrics['audit/n_significant_chosen'])} favour chosen, "
         f"{int(metrics['audit/n_significant_rejected'])} favour rejected).",
         "",
+    ]
+    note = length_note(metrics, "effect_unadjusted" in table.columns)
+    lines += [f"**{note[0].upper()}{note[1:]}.**", ""] if note else []
+    lines += [
         "Each hypothesis reads: *responses where this feature is more active are "
         "preferred (direction chosen) or dispreferred (direction rejected)*. "
         "Effect is the standardized paired difference (d_z); AUROC is P(feature higher in chosen).",
@@ -358,6 +383,8 @@ def summary(metrics: dict, table_path: Path, n_show: int = 8) -> str:
         f"{int(metrics['audit/n_significant'])} significant"
         + (f" in {int(metrics['audit/n_groups'])} concept groups" if "audit/n_groups" in metrics else ""),
     ]
+    note = length_note(metrics, "effect_unadjusted" in table.columns)
+    out += [note] if note else []
     if "audit/n_replicated" in metrics:
         out.append(f"replicated on {int(metrics['audit/heldout_pairs'])} {again(metrics)} pairs (not the ones they were found on): "
                    f"{int(metrics['audit/n_replicated'])} of {int(metrics['audit/n_significant'])} "

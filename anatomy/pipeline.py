@@ -34,7 +34,7 @@ from anatomy.evidence import concept_groups, promoted_tokens, snippets, top_toke
 from anatomy.hypotheses.ground_truth import group_purity, name_concept, score
 from anatomy.models.base import check_lengths
 from anatomy.models.hooks import check_points
-from anatomy.outputs import again, strongest_first, write_margins, write_metrics, write_outputs, write_verdicts
+from anatomy.outputs import again, length_note, strongest_first, write_margins, write_metrics, write_outputs, write_verdicts
 from anatomy.select import Selection
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     with timer("evidence"):
         details = gather_evidence(stages.evidence, feats, table, sae, model)
     significant = table[table["significant"]]
+    length_diff = feats.chosen_length.astype(np.int64) - feats.rejected_length
     metrics.update({
+        "audit/chosen_longer": float((length_diff > 0).mean()),  # shares of the pairs: length, a concept of its own
+        "audit/chosen_shorter": float((length_diff < 0).mean()),
         "audit/n_pairs": float(feats.chosen.shape[0]),
         "audit/n_features": float(sae.d_sae),
         "audit/n_tested": float(len(table)),
@@ -210,6 +213,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     })
     if "group" in table.columns:
         metrics["audit/n_groups"] = float(table["group"].nunique())
+    if length_note(metrics, stages.hypothesis.control_length):
+        log.warning(length_note(metrics, stages.hypothesis.control_length))
     if data.concepts:
         named = [
             name_concept(top.split("|"), [s["text"] for s in details[int(f)]["snippets"]], d, data.concepts)

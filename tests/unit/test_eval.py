@@ -344,3 +344,33 @@ def test_validation_probes_are_the_files_given_or_else_the_datas_own(tmp_path):
     assert Evaluate(probes=str(path)).validation_probe_set(data) == []
     with pytest.raises(AnatomyError, match="eval.validation_probes"):  # the key that named the file
         Evaluate(validation_probes=str(tmp_path / "missing.jsonl")).validation_probe_set(data)
+
+
+def test_an_audit_where_length_separates_nearly_every_pair_says_so(tmp_path):
+    """GENIES' alpaca_short prefers the shorter response in every pair: then every feature that grows
+    with length separates them, and regressing length out only extrapolates to equal lengths."""
+    from anatomy.outputs import LENGTH_ONE_SIDED, length_note, render_markdown, summary
+
+    path = tmp_path / "hypotheses.csv"
+    table = pd.DataFrame({"feature": [3], "direction": ["rejected"], "effect": [-0.9], "q_value": [1e-9],
+                          "significant": [True], "top_tokens": ["the|a"], "auroc": [0.1], "frequency": [0.5]})
+    table.to_csv(path, index=False)
+    metrics = {"audit/n_pairs": 480.0, "audit/n_tested": 5.0, "audit/n_significant": 1.0,
+               "audit/n_significant_chosen": 0.0, "audit/n_significant_rejected": 1.0,
+               "audit/chosen_longer": 0.0, "audit/chosen_shorter": 0.99}
+    note = ("length: the chosen response is the shorter one in 99% of the 480 pairs, so length alone separates "
+            "chosen from rejected")
+    assert note in summary(metrics, path).splitlines()[3] and "hypothesis=length_controlled" in summary(metrics, path)
+    header = {"data": "GeniesData", "model": "m", "sae": "s", "hook": "h", "test": "wilcoxon", "correction": "bh",
+              "alpha": 0.05, "pooling": "max"}
+    assert f"**L{note[1:]}" in render_markdown(table, {3: {"snippets": [], "promoted": []}}, metrics, header, 10)
+    controlled = length_note(metrics, control_length=True)
+    assert "estimates each effect at equal lengths, which few pairs have" in controlled
+    pd.DataFrame(table.assign(effect_unadjusted=[-0.9])).to_csv(path, index=False)  # (a length-controlled table)
+    assert controlled in summary(metrics, path)
+    # the longer side too; below the bar (the default synthetic study: 77% longer) nothing is said
+    assert "the longer one in 95%" in length_note(metrics | {"audit/chosen_shorter": 0.04, "audit/chosen_longer": 0.95},
+                                                 control_length=False)
+    balanced = metrics | {"audit/chosen_shorter": 0.23, "audit/chosen_longer": 0.77}
+    assert LENGTH_ONE_SIDED > 0.77 and length_note(balanced, False) is None
+    assert "length:" not in summary(balanced, path) and length_note({}, False) is None  # (an older run's metrics)
