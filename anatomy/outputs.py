@@ -82,12 +82,12 @@ def length_note(metrics: dict, control_length: bool) -> str | None:
         return None
     said = (f"length: the chosen response is the {side} one in {share:.0%} of the "
             f"{int(metrics['audit/n_pairs'])} pairs, so length alone separates chosen from rejected, and so does "
-            "every feature that grows with length; ")
+            "any feature that grows with length; ")
     if control_length:
-        return said + ("hypothesis.control_length estimates each effect at equal lengths, which few pairs have: an "
-                       "extrapolation that cannot tell a concept from length here")
-    return said + ("read these hypotheses as length until shown otherwise (hypothesis=length_controlled regresses "
-                   "length out, though at this share only by extrapolating to equal lengths)")
+        return said + ("hypothesis.control_length estimates each effect at equal lengths, which few pairs have: it "
+                       "extrapolates, so a length-controlled effect is weak evidence that a hypothesis is not length")
+    return said + ("check that a hypothesis is not length before reading it as a concept (hypothesis=length_controlled "
+                   "regresses length out, though at this share by extrapolating to equal lengths, which few pairs have)")
 
 
 def strongest_first(table: pd.DataFrame) -> pd.DataFrame:

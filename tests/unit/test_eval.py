@@ -365,7 +365,7 @@ def test_an_audit_where_length_separates_nearly_every_pair_says_so(tmp_path):
               "alpha": 0.05, "pooling": "max"}
     assert f"**L{note[1:]}" in render_markdown(table, {3: {"snippets": [], "promoted": []}}, metrics, header, 10)
     controlled = length_note(metrics, control_length=True)
-    assert "estimates each effect at equal lengths, which few pairs have" in controlled
+    assert "estimates each effect at equal lengths, which few pairs have: it extrapolates" in controlled
     pd.DataFrame(table.assign(effect_unadjusted=[-0.9])).to_csv(path, index=False)  # (a length-controlled table)
     assert controlled in summary(metrics, path)
     # the longer side too; below the bar (the default synthetic study: 77% longer) nothing is said
