@@ -68,9 +68,12 @@ def build(cfg: DictConfig) -> Stages:
                            "set select.block=[...], select.amplify=[...] or select.verdicts=FILE (only data=synthetic "
                            "sets a default, its planted markdown). On your data, audit first with trainer=none "
                            "intervention=none eval=none and read hypotheses.md")
-    if trains and not acts and stages.select.verdicts:  # (select.block may be data=synthetic's default: not said)
-        log.warning("select.verdicts=%s is not applied: intervention=none trains without intervention; set "
-                    "intervention=data_reweighting (or another) to act on its decisions", stages.select.verdicts)
+    decided = [f"select.{key}={getattr(stages.select, key)}" for key in ("verdicts", "amplify")
+               if getattr(stages.select, key)]  # (not select.block: data=synthetic sets one by default)
+    if trains and not acts and decided:
+        log.warning("%s %s not applied: intervention=none trains without intervention; set "
+                    "intervention=data_reweighting (or another) to act on %s", " and ".join(decided),
+                    "are" if len(decided) > 1 else "is", "them" if len(decided) > 1 else "it")
     if trains and isinstance(stages.eval, NoEval):
         log.warning("trainer is set but eval=none: the trained model is saved, nothing is measured")
     if trains and isinstance(stages.intervention, FeatureSteering):

@@ -148,6 +148,11 @@ def test_combinations_that_cannot_work_fail_or_warn_when_the_stages_are_built(ca
         build(compose("intervention=none", "trainer=dpo", "select.verdicts=verdicts.yaml"))
     (warned,) = [r.getMessage() for r in caplog.records]
     assert "select.verdicts=verdicts.yaml is not applied: intervention=none" in warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="anatomy.pipeline"):
+        build(compose("intervention=none", "trainer=dpo", "select.amplify=[sorry]", "select.verdicts=v.yaml"))
+    (warned,) = [r.getMessage() for r in caplog.records]
+    assert "select.verdicts=v.yaml and select.amplify=['sorry'] are not applied: intervention=none" in warned
 
 
 def test_a_trainer_setting_out_of_range_is_named_with_its_value():
