@@ -2,12 +2,16 @@
 
     anatomy experiment=audit_genies data.path=DIR/alpaca_short          # its train split
     anatomy data=genies data.path=DIR/alpaca_short/test.json            # one file
+    anatomy data=genies data.path=DIR/alpaca_short data.target=DIR/alpaca_long   # a GENIES shift
 
 A row is a `prompt` and its `responses`, a mapping response -> score in which one response scores
 highest (the preferred one; upstream, 1.0 against 0.0). It gives one pair per lower-scored response
 (`pairs_per_row=all`: 1 or 3 pairs, all with the row's prompt, so a split by prompt keeps them
 together), or one of them, drawn with the seed (`pairs_per_row=one`). `data.path` is a distribution's
 folder, holding `<split>.json` (upstream's JSON array) or `<split>.jsonl(.gz)`, or one such file.
+With `data.target`, a GENIES shift: every pair of `path` trains, and the target's `test` pairs are
+the held-out ones (and the validation ones, with `data.validation_fraction`), so held-out accuracy
+measures how what was learned on one distribution carries to the other.
 GENIES is published as files (GitHub `Joshuaclymer/GENIES`), not on the hub: download them first.
 """
 
@@ -21,8 +25,9 @@ from numbers import Real
 from pathlib import Path
 
 from anatomy.data.files import read_rows
-from anatomy.data.local import finish
-from anatomy.data.schema import PreferenceData, check_validation_fraction, validate_rows
+from anatomy.data.local import finish, sample
+from anatomy.data.schema import (PreferenceData, PreferencePair, check_validation_fraction, set_aside_validation,
+                                 split_by_prompt, validate_rows)
 from anatomy.errors import AnatomyError
 
 SPLITS = ("train", "test")
@@ -35,40 +40,65 @@ class GeniesData:
 
     path: str = "???"  # a distribution's folder (holding train / test .json or .jsonl(.gz)), or one such file
     split: str = "train"  # train | test: the file read from a folder (ignored when path is a file)
+    target: str | None = None  # a GENIES shift's target: a distribution whose target_split pairs are the held-out ones
+    target_split: str = "test"  # the target's file, as split is path's
     pairs_per_row: str = "all"  # all: the preferred response against each other one; one: against one, seeded
-    max_pairs: int | None = None  # keep at most this many pairs (a seeded sample); None = all
-    heldout_fraction: float = 0.2  # fraction of pairs held out, split by prompt
+    max_pairs: int | None = None  # keep at most this many pairs of path (and of target; a seeded sample); None = all
+    heldout_fraction: float = 0.2  # fraction of pairs held out, split by prompt (without a target; with one, unused)
     validation_fraction: float = 0.0  # of all pairs, the part of the held-out ones set apart for validation; 0 = none
     drop_invalid: bool = False  # drop and count malformed rows (no single top-scored response, ...) instead of failing
     seed: int = 0  # seeds pairs_per_row=one, the sample and the split
 
     def __post_init__(self):
-        if self.split not in SPLITS:
-            raise AnatomyError(f"data.split must be one of {SPLITS}, got {self.split!r}")
+        for key in ("split", "target_split"):
+            if getattr(self, key) not in SPLITS:
+                raise AnatomyError(f"data.{key} must be one of {SPLITS}, got {getattr(self, key)!r}")
         if self.pairs_per_row not in PAIRS_PER_ROW:
             raise AnatomyError(f"data.pairs_per_row must be one of {PAIRS_PER_ROW}, got {self.pairs_per_row!r}")
         if not 0 <= self.heldout_fraction < 1:
             raise AnatomyError(f"data.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        check_validation_fraction(self.validation_fraction, self.heldout_fraction)
+        if self.target is None:
+            check_validation_fraction(self.validation_fraction, self.heldout_fraction)
+        elif not 0 <= self.validation_fraction < 1:
+            raise AnatomyError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.max_pairs is not None and self.max_pairs < 2:
             raise AnatomyError(f"data.max_pairs must be >= 2 or null, got {self.max_pairs}")
 
-    def file(self) -> Path:
-        """The file `path` names: itself, or its folder's `<split>` file."""
-        if self.path in (None, "", "???"):
+    def file(self, key: str = "path") -> Path:
+        """The file `path` (or `target`) names: itself, or its folder's `split` (`target_split`) file."""
+        value, split = (self.path, self.split) if key == "path" else (self.target, self.target_split)
+        if value in (None, "", "???"):
             raise AnatomyError("data=genies needs a distribution: data.path=DIR (e.g. .../genies/alpaca_short)")
-        path = Path(self.path).expanduser()
+        path = Path(value).expanduser()
         if not path.is_dir():
-            return path  # (read_rows says so if it does not exist)
-        names = [f"{self.split}{ext}" for ext in (".json", ".jsonl", ".jsonl.gz", ".json.gz")]
+            if not path.is_file():
+                raise AnatomyError(f"data.{key}={value!r}: no such folder or file")
+            return path
+        names = [f"{split}{ext}" for ext in (".json", ".jsonl", ".jsonl.gz", ".json.gz")]
         found = [path / n for n in names if (path / n).is_file()]
         if not found:
-            raise AnatomyError(f"data.path={self.path!r}: a folder without a {self.split} split (looked for "
-                               f"{', '.join(names)}); set data.split, or data.path to a distribution's folder")
+            which = "split" if key == "path" else "target_split"
+            raise AnatomyError(f"data.{key}={value!r}: a folder without a {split} split (looked for "
+                               f"{', '.join(names)}); set data.{which}, or data.{key} to a distribution's folder")
         return found[0]
 
     def load(self) -> PreferenceData:
         file = self.file()
+        target = self.file("target") if self.target is not None else None  # (a wrong target fails before the source reads)
+        pairs, report = self.pairs(file)
+        if target is None:
+            return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)
+        held, held_report = self.pairs(target)
+        train, held = (sample(p, self.max_pairs, self.seed) for p in (pairs, held))
+        held, _ = split_by_prompt(held, 0.0, self.seed)  # (whole prompts, seeded order: the last become validation)
+        data = set_aside_validation(PreferenceData(train, held), self.validation_fraction)
+        data.report.update({**report, **{k.replace("data/", "data/target_"): v for k, v in held_report.items()},
+                            "data/pairs": float(len(train) + len(held)), "data/train": float(len(data.train)),
+                            "data/heldout": float(len(data.heldout))})
+        return data
+
+    def pairs(self, file: Path) -> tuple[list[PreferencePair], dict[str, float]]:
+        """The file's rows as pairs (`pairs_per_row`), and the counts of rows read and dropped."""
         raw = read_rows(str(file))
         rng = random.Random(self.seed)
         rows, problems = [], {}
@@ -88,7 +118,7 @@ class GeniesData:
             raise AnatomyError(f"{file}: no usable row of {len(raw)} ({len(problems)} invalid)")
         pairs, report = validate_rows(rows, str(file))
         report.update({"data/rows": float(len(raw)), "data/dropped_invalid": float(len(problems))})
-        return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)
+        return pairs, report
 
 
 def _ranked(row) -> tuple[str | None, list[str] | str]:

@@ -56,10 +56,14 @@ class LocalData:
 
 def finish(pairs, report, max_pairs, heldout_fraction, seed, validation_fraction=0.0) -> PreferenceData:
     """Seeded subsample, then the split by prompt (and the held-out split's validation part)."""
-    if max_pairs is not None and len(pairs) > max_pairs:
-        pairs = random.Random(seed).sample(pairs, max_pairs)
+    pairs = sample(pairs, max_pairs, seed)
     train, heldout = split_by_prompt(pairs, heldout_fraction, seed)
     data = set_aside_validation(PreferenceData(train, heldout), validation_fraction)
     data.report.update({**report, "data/pairs": float(len(pairs)), "data/train": float(len(data.train)),
                         "data/heldout": float(len(data.heldout))})
     return data
+
+
+def sample(pairs: list, max_pairs: int | None, seed: int) -> list:
+    """At most `max_pairs` of the pairs, a seeded sample (all of them, in order, when fewer)."""
+    return random.Random(seed).sample(pairs, max_pairs) if max_pairs is not None and len(pairs) > max_pairs else pairs

@@ -737,6 +737,31 @@ def test_genies_rows_give_the_preferred_response_against_each_other_one(tmp_path
     assert len(GeniesData(path=str(folder / "train.json"), split="test", heldout_fraction=0.0).load().train) == 32
 
 
+def test_a_genies_shift_trains_on_its_source_and_holds_out_its_target(tmp_path):
+    """data.target: GENIES' protocol, train on one distribution and measure on another; the target's
+    test split is the held-out pairs (validation pairs come from it too), all the source's train."""
+    from anatomy.data.genies import GeniesData
+
+    source, target = tmp_path / "alpaca_short", tmp_path / "alpaca_long"
+    for folder, n in ((source, 10), (target, 6)):
+        folder.mkdir()
+        (folder / "train.json").write_text(json.dumps(_genies_rows(n)))
+        rows = _genies_rows(n)
+        for row in rows:
+            row["prompt"] = "target: " + row["prompt"]
+        _write(folder / "test.jsonl", rows, "jsonl", True)
+    data = GeniesData(path=str(source), target=str(target)).load()
+    assert len(data.train) == 32 and len(data.heldout) == 20 and not data.validation
+    assert all(p.prompt.startswith("target: ") for p in data.heldout)
+    assert not any(p.prompt.startswith("target: ") for p in data.train)
+    assert data.report["data/rows"] == 12 and data.report["data/target_rows"] == 8
+    assert data.report["data/train"] == 32 and data.report["data/heldout"] == 20 and data.report["data/pairs"] == 52
+    sampled = GeniesData(path=str(source), target=str(target), max_pairs=10, validation_fraction=0.1).load()
+    assert len(sampled.train) == 10 and len(sampled.heldout) + len(sampled.validation) == 10
+    assert sampled.validation and all(p.prompt.startswith("target: ") for p in sampled.validation)
+    assert not {p.prompt for p in sampled.validation} & {p.prompt for p in sampled.heldout}  # (whole prompts)
+
+
 @pytest.mark.parametrize("row, match", [
     ({"prompt": "p", "responses": {"a": 1.0, "b": 1.0, "c": 0.0}}, "2 responses share the top score 1.0"),
     ({"prompt": "p", "responses": {"a": 1.0}}, "'responses' is not a mapping of at least two responses"),
@@ -768,11 +793,18 @@ def test_genies_options_are_checked(tmp_path):
         GeniesData().load()
     with pytest.raises(AnatomyError, match=r"a folder without a test split \(looked for test.json, test.jsonl"):
         GeniesData(path=str(tmp_path), split="test").load()
-    with pytest.raises(AnatomyError, match="does not exist"):
+    with pytest.raises(AnatomyError, match=r"data.path='.*absent.json': no such folder or file"):
         GeniesData(path=str(tmp_path / "absent.json")).load()
+    with pytest.raises(AnatomyError, match=r"data.target_split must be one of"):
+        GeniesData(target_split="dev")
     (tmp_path / "train.json").write_text(json.dumps([{"prompt": "p", "responses": {"a": 1, "b": 1}}]))
     with pytest.raises(AnatomyError, match=r"no usable row of 1 \(1 invalid\)"):
         GeniesData(path=str(tmp_path), drop_invalid=True).load()
+    with pytest.raises(AnatomyError, match=r"data.target='.*absent': no such folder or file"):
+        GeniesData(path=str(tmp_path), target=str(tmp_path / "absent")).load()  # (before the source is read)
+    (tmp_path / "x").mkdir()
+    with pytest.raises(AnatomyError, match=r"data.target='.*x': a folder without a train split .*set data.target_split"):
+        GeniesData(path=str(tmp_path), target=str(tmp_path / "x"), target_split="train").load()
 
 
 def test_every_shared_genies_distribution_reads(shared_data):
