@@ -286,14 +286,20 @@ def test_hh_rlhf(shared_data, tmp_path):
     assert pd.read_csv(out / "hypotheses.csv").shape[0] == metrics["audit/n_tested"]
 
 
-def test_genies_alpaca_short_audit_says_length_separates_its_pairs(shared_data, tmp_path):
-    """experiment=audit_genies on GENIES' alpaca_short, where the shorter response is preferred: the
-    audit runs on its rows and says that length alone separates the pairs."""
-    metrics, out = run_study(tmp_path, "experiment=audit_genies", f"data.path={shared_data / 'genies' / 'alpaca_short'}",
-                             "data.max_pairs=200", "model.train_steps=100", "sae.training_tokens=100000")
-    assert metrics["data/rows"] == 600 and metrics["data/train"] + metrics["data/heldout"] == 200
-    assert metrics["audit/chosen_shorter"] >= 0.95 and metrics["audit/n_tested"] > 0
+def test_genies_alpaca_short_audit_says_length_separates_its_pairs_and_they_reverse_on_alpaca_long(shared_data,
+                                                                                                     tmp_path):
+    """experiment=audit_genies on GENIES' alpaca_short, where the shorter response is preferred, with
+    alpaca_long (where the longer one is) as the shift's target: the audit says that length alone
+    separates the pairs, and its hypotheses, tested again on the target's pairs, point the other way."""
+    genies = shared_data / "genies"
+    metrics, out = run_study(tmp_path, "experiment=audit_genies", f"data.path={genies / 'alpaca_short'}",
+                             f"data.target={genies / 'alpaca_long'}", "data.max_pairs=200", "model.train_steps=100",
+                             "sae.training_tokens=100000")
+    assert metrics["data/rows"] == 600 and metrics["data/target_rows"] == 250
+    assert metrics["data/train"] == metrics["data/heldout"] == 200
+    assert metrics["audit/chosen_shorter"] >= 0.95 and metrics["audit/n_significant"] > 0
     assert "**Length: the chosen response is the shorter one in" in (out / "hypotheses.md").read_text()
+    assert metrics["audit/heldout_same_side"] < 0.2 and metrics["audit/replication_rate"] < 0.2
 
 
 def test_a_local_sae_folder_audits_as_the_trained_one_and_is_keyed_by_its_files(default_audit, tmp_path):
