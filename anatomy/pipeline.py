@@ -34,7 +34,8 @@ from anatomy.evidence import concept_groups, promoted_tokens, snippets, top_toke
 from anatomy.hypotheses.ground_truth import group_purity, name_concept, score
 from anatomy.models.base import check_lengths
 from anatomy.models.hooks import check_points
-from anatomy.outputs import again, length_note, strongest_first, write_margins, write_metrics, write_outputs, write_verdicts
+from anatomy.outputs import (again, length_note, strongest_first, write_margins, write_metrics, write_outputs,
+                             write_verdicts)
 from anatomy.select import Selection
 
 log = logging.getLogger(__name__)
@@ -216,8 +217,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     })
     if "group" in table.columns:
         metrics["audit/n_groups"] = float(table["group"].nunique())
-    if length_note(metrics, stages.hypothesis.control_length):
-        log.warning(length_note(metrics, stages.hypothesis.control_length))
+    note = length_note(metrics, stages.hypothesis.control_length)
+    if note:
+        log.warning(note)
     if data.concepts:
         named = [
             name_concept(top.split("|"), [s["text"] for s in details[int(f)]["snippets"]], d, data.concepts)
