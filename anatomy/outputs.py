@@ -57,8 +57,11 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def again(metrics: dict) -> str:
     """Which pairs the hypotheses were tested again on: the validation pairs, when the data source set
-    some apart, else the held-out ones."""
-    return "validation" if metrics.get("audit/replication_on_validation") else "held-out"
+    some apart, else the held-out ones; from another distribution's pairs (`data.target`), "target"."""
+    split = "validation" if metrics.get("audit/replication_on_validation") else "held-out"
+    if "data/target_rows" in metrics:
+        return "target validation" if split == "validation" else "target"
+    return split
 
 
 def replicated(row) -> str:

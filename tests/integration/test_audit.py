@@ -298,7 +298,8 @@ def test_genies_alpaca_short_audit_says_length_separates_its_pairs_and_they_reve
     assert metrics["data/rows"] == 600 and metrics["data/target_rows"] == 250
     assert metrics["data/train"] == metrics["data/heldout"] == 200
     assert metrics["audit/chosen_shorter"] >= 0.95 and metrics["audit/n_significant"] > 0
-    assert "**Length: the chosen response is the shorter one in" in (out / "hypotheses.md").read_text()
+    report = (out / "hypotheses.md").read_text()
+    assert "**Length: the chosen response is the shorter one in" in report and "on the 200 target pairs" in report
     assert metrics["audit/heldout_same_side"] < 0.2 and metrics["audit/replication_rate"] < 0.2
 
 

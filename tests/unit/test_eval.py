@@ -374,3 +374,20 @@ def test_an_audit_where_length_separates_nearly_every_pair_says_so(tmp_path):
     balanced = metrics | {"audit/chosen_shorter": 0.23, "audit/chosen_longer": 0.77}
     assert LENGTH_ONE_SIDED > 0.77 and length_note(balanced, False) is None
     assert "length:" not in summary(balanced, path) and length_note({}, False) is None  # (an older run's metrics)
+
+
+def test_hypotheses_tested_again_on_a_shifts_target_say_so(tmp_path):
+    """With data.target (a GENIES shift) the pairs a hypothesis is tested again on are another
+    distribution's: the summary calls them target pairs, not held-out ones."""
+    from anatomy.outputs import again, summary
+
+    path = tmp_path / "hypotheses.csv"
+    pd.DataFrame({"feature": [3], "direction": ["rejected"], "effect": [-0.9], "q_value": [1e-9], "significant": [True],
+                  "top_tokens": ["the|a"], "heldout_effect": [0.6], "replicated": [False]}).to_csv(path, index=False)
+    metrics = {"audit/n_pairs": 600.0, "audit/n_tested": 5.0, "audit/n_significant": 1.0, "audit/n_replicated": 0.0,
+               "audit/heldout_pairs": 250.0}
+    assert again(metrics) == "held-out" and again(metrics | {"audit/replication_on_validation": 1.0}) == "validation"
+    shifted = metrics | {"data/target_rows": 250.0}
+    assert again(shifted) == "target" and again(shifted | {"audit/replication_on_validation": 1.0}) == "target validation"
+    text = summary(shifted, path)
+    assert "replicated on 250 target pairs (not the ones they were found on): 0 of 1" in text and "+0.60!" in text
