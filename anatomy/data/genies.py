@@ -68,7 +68,7 @@ class GeniesData:
         """The file `path` (or `target`) names: itself, or its folder's `split` (`target_split`) file."""
         value, split = (self.path, self.split) if key == "path" else (self.target, self.target_split)
         if value in (None, "", "???"):
-            raise AnatomyError("data=genies needs a distribution: data.path=DIR (e.g. .../genies/alpaca_short)")
+            raise AnatomyError(f"data=genies needs a distribution: data.{key}=DIR (e.g. .../genies/alpaca_short)")
         path = Path(value).expanduser()
         if not path.is_dir():
             if not path.is_file():

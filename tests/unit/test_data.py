@@ -791,6 +791,8 @@ def test_genies_options_are_checked(tmp_path):
         GeniesData(pairs_per_row="some")
     with pytest.raises(AnatomyError, match="data=genies needs a distribution: data.path=DIR"):
         GeniesData().load()
+    with pytest.raises(AnatomyError, match="data=genies needs a distribution: data.target=DIR"):
+        GeniesData(path=str(_write(tmp_path / "t.jsonl", _genies_rows(1), "jsonl", False)), target="").load()
     with pytest.raises(AnatomyError, match=r"a folder without a test split \(looked for test.json, test.jsonl"):
         GeniesData(path=str(tmp_path), split="test").load()
     with pytest.raises(AnatomyError, match=r"data.path='.*absent.json': no such folder or file"):
