@@ -91,6 +91,11 @@ class Features:
     def n_tokens(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def length_diff(self) -> np.ndarray:
+        """Per pair, chosen's tokens minus rejected's (float64: what the length-controlled test fits)."""
+        return self.chosen_length.astype(np.float64) - self.rejected_length
+
     def of_pairs(self, keep: np.ndarray) -> "Features":
         """The pairs a boolean mask keeps: their activations, lengths and tokens, in order. The top
         examples, which point into every pair's tokens, are left out (none): planning does not read them."""

@@ -204,10 +204,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     with timer("evidence"):
         details = gather_evidence(stages.evidence, feats, table, sae, model)
     significant = table[table["significant"]]
-    length_diff = feats.chosen_length.astype(np.int64) - feats.rejected_length
     metrics.update({
-        "audit/chosen_longer": float((length_diff > 0).mean()),  # shares of the pairs: length, a concept of its own
-        "audit/chosen_shorter": float((length_diff < 0).mean()),
+        "audit/chosen_longer": float((feats.length_diff > 0).mean()),  # shares of the pairs: length, a concept itself
+        "audit/chosen_shorter": float((feats.length_diff < 0).mean()),
         "audit/n_pairs": float(feats.chosen.shape[0]),
         "audit/n_features": float(sae.d_sae),
         "audit/n_tested": float(len(table)),
@@ -274,8 +273,7 @@ def test_hypotheses(hypothesis, feats, features_key: str):
     import pandas as pd
 
     def build(folder: Path) -> None:
-        length_diff = (feats.chosen_length - feats.rejected_length).astype(np.float64)
-        hypothesis.run(feats.chosen, feats.rejected, length_diff).to_parquet(folder / "table.parquet")
+        hypothesis.run(feats.chosen, feats.rejected, feats.length_diff).to_parquet(folder / "table.parquet")
 
     config = {k: v for k, v in asdict(hypothesis).items() if k != "replicate"}  # replication is not cached here
     key = {"hypothesis": config, "features": features_key,
@@ -291,8 +289,7 @@ def replicate_hypotheses(stages, model, sae, table, heldout) -> tuple:
     -> (table, audit/heldout_pairs, audit/n_replicated, audit/replication_rate, audit/heldout_same_side:
     the share whose held-out effect is at least on the same side, significant or not)"""
     held, hit, _ = stages.featurize.cached(model, sae, heldout)
-    length_diff = (held.chosen_length - held.rejected_length).astype(np.float64)
-    replication = stages.hypothesis.replication(table, held.chosen, held.rejected, length_diff)
+    replication = stages.hypothesis.replication(table, held.chosen, held.rejected, held.length_diff)
     table = table.merge(replication, on="feature", how="left")
     sig = table[table["significant"]]
     n_replicated = int(replication["replicated"].sum())

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from anatomy.data.files import read_rows
 from anatomy.data.local import finish, sample
-from anatomy.data.schema import (PreferenceData, PreferencePair, check_validation_fraction, set_aside_validation,
-                                 split_by_prompt, validate_rows)
+from anatomy.data.schema import (PreferenceData, PreferencePair, check_validation_fraction, invalid_rows,
+                                 set_aside_validation, split_by_prompt, validate_rows)
 from anatomy.errors import AnatomyError
 
 SPLITS = ("train", "test")
@@ -110,10 +110,7 @@ class GeniesData:
             others = others if self.pairs_per_row == "all" else [rng.choice(others)]
             rows += [{"prompt": row["prompt"], "chosen": preferred, "rejected": other} for other in others]
         if problems and not self.drop_invalid:
-            shown = "; ".join(f"row {i}: {why}" for i, why in list(problems.items())[:5])
-            raise AnatomyError(f"{file}: {len(problems)} invalid row(s): {shown}"
-                               f"{f'; ... ({len(problems)} in all)' if len(problems) > 5 else ''}. Fix them, or set "
-                               "data.drop_invalid=true to drop and count them.")
+            raise invalid_rows(str(file), [f"row {i}: {why}" for i, why in problems.items()])
         if not rows:
             raise AnatomyError(f"{file}: no usable row of {len(raw)} ({len(problems)} invalid)")
         pairs, report = validate_rows(rows, str(file))

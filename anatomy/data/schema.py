@@ -133,11 +133,7 @@ def validate_rows(
             continue
         pairs.append(PreferencePair(prompt, row[chosen_key], row[rejected_key]))
     if invalid and not drop_invalid:
-        shown = "; ".join(invalid[:5]) + (f"; ... ({len(invalid)} in all)" if len(invalid) > 5 else "")
-        raise AnatomyError(
-            f"{source}: {len(invalid)} invalid row(s): {shown}. "
-            "Fix them, or set data.drop_invalid=true to drop and count them."
-        )
+        raise invalid_rows(source, invalid)
     if not pairs:
         raise AnatomyError(
             f"{source}: no usable pair left of {len(rows)} rows "
@@ -149,6 +145,13 @@ def validate_rows(
         "data/dropped_invalid": float(len(invalid)),
     }
     return pairs, report
+
+
+def invalid_rows(source: str, invalid: list[str]) -> AnatomyError:
+    """The error for rows that are not usable pairs (`invalid`: "row i: what is wrong", in order)."""
+    shown = "; ".join(invalid[:5]) + (f"; ... ({len(invalid)} in all)" if len(invalid) > 5 else "")
+    return AnatomyError(f"{source}: {len(invalid)} invalid row(s): {shown}. "
+                        "Fix them, or set data.drop_invalid=true to drop and count them.")
 
 
 def _is_null(value: object) -> bool:
