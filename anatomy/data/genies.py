@@ -25,9 +25,8 @@ from numbers import Real
 from pathlib import Path
 
 from anatomy.data.files import read_rows
-from anatomy.data.local import finish, sample
-from anatomy.data.schema import (PreferenceData, PreferencePair, check_validation_fraction, invalid_rows,
-                                 set_aside_validation, split_by_prompt, validate_rows)
+from anatomy.data.local import HELDOUT, check_fractions, finish, shifted
+from anatomy.data.schema import PreferencePair, invalid_rows, validate_rows
 from anatomy.errors import AnatomyError
 
 SPLITS = ("train", "test")
@@ -44,7 +43,7 @@ class GeniesData:
     target_split: str = "test"  # the target's file, as split is path's
     pairs_per_row: str = "all"  # all: the preferred response against each other one; one: against one, seeded
     max_pairs: int | None = None  # keep at most this many pairs of path (and of target; a seeded sample); None = all
-    heldout_fraction: float = 0.2  # fraction of pairs held out, split by prompt (without a target; with one, unused)
+    heldout_fraction: float | None = None  # fraction of pairs held out, split by prompt; null = 0.2 (none with a target)
     validation_fraction: float = 0.0  # of all pairs, the part of the held-out ones set apart for validation; 0 = none
     drop_invalid: bool = False  # drop and count malformed rows (no single top-scored response, ...) instead of failing
     seed: int = 0  # seeds pairs_per_row=one, the sample and the split
@@ -55,12 +54,7 @@ class GeniesData:
                 raise AnatomyError(f"data.{key} must be one of {SPLITS}, got {getattr(self, key)!r}")
         if self.pairs_per_row not in PAIRS_PER_ROW:
             raise AnatomyError(f"data.pairs_per_row must be one of {PAIRS_PER_ROW}, got {self.pairs_per_row!r}")
-        if not 0 <= self.heldout_fraction < 1:
-            raise AnatomyError(f"data.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        if self.target is None:
-            check_validation_fraction(self.validation_fraction, self.heldout_fraction)
-        elif not 0 <= self.validation_fraction < 1:
-            raise AnatomyError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        check_fractions(self.heldout_fraction, self.validation_fraction, self.target)
         if self.max_pairs is not None and self.max_pairs < 2:
             raise AnatomyError(f"data.max_pairs must be >= 2 or null, got {self.max_pairs}")
 
@@ -87,15 +81,9 @@ class GeniesData:
         target = self.file("target") if self.target is not None else None  # (a wrong target fails before the source reads)
         pairs, report = self.pairs(file)
         if target is None:
-            return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)
-        held, held_report = self.pairs(target)
-        train, held = (sample(p, self.max_pairs, self.seed) for p in (pairs, held))
-        held, _ = split_by_prompt(held, 0.0, self.seed)  # (whole prompts, seeded order: the last become validation)
-        data = set_aside_validation(PreferenceData(train, held), self.validation_fraction)
-        data.report.update({**report, **{k.replace("data/", "data/target_"): v for k, v in held_report.items()},
-                            "data/pairs": float(len(train) + len(held)), "data/train": float(len(data.train)),
-                            "data/heldout": float(len(data.heldout))})
-        return data
+            fraction = HELDOUT if self.heldout_fraction is None else self.heldout_fraction
+            return finish(pairs, report, self.max_pairs, fraction, self.seed, self.validation_fraction)
+        return shifted(pairs, report, *self.pairs(target), self.max_pairs, self.seed, self.validation_fraction)
 
     def pairs(self, file: Path) -> tuple[list[PreferencePair], dict[str, float]]:
         """The file's rows as pairs (`pairs_per_row`), and the counts of rows read and dropped."""

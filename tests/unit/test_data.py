@@ -368,6 +368,47 @@ def test_local_data_without_a_prompt_column(tmp_path):
     assert all(p.prompt == "" for p in data.train + data.heldout)
 
 
+def test_local_data_holds_out_a_target_file_whole(tmp_path):
+    """data.target: every pair of path trains and every pair of the target is held out (a shift); the
+    split's default fraction applies without a target only, and with one is refused if set."""
+    source = _write(tmp_path / "a.jsonl", [{"prompt": f"p{i // 2}", "chosen": f"c{i}", "rejected": f"r{i}"}
+                                           for i in range(20)], "jsonl", False)
+    target = _write(tmp_path / "b.csv", [{"prompt": f"q{i // 2}", "chosen": f"C{i}", "rejected": f"R{i}"}
+                                         for i in range(12)] + [{"prompt": "q", "chosen": "", "rejected": "R"}],
+                    "csv", True)
+    alone = LocalData(path=str(source)).load()
+    assert len(alone.heldout) == 4 and len(alone.train) == 16  # (null: 0.2, split by prompt)
+    with pytest.raises(AnatomyError, match=r"b.csv.gz: 1 invalid row\(s\): row 12: chosen is empty"):
+        LocalData(path=str(source), target=str(target)).load()  # (the target's rows are checked as path's)
+    data = LocalData(path=str(source), target=str(target), drop_invalid=True).load()
+    assert [p.chosen for p in data.train] == [f"c{i}" for i in range(20)]  # (all of path, in order)
+    assert sorted(p.chosen for p in data.heldout) == sorted(f"C{i}" for i in range(12))
+    assert data.report["data/rows"] == 20 and data.report["data/target_rows"] == 13
+    assert data.report["data/target_dropped_invalid"] == 1 and data.report["data/heldout"] == 12
+    split = LocalData(path=str(source), target=str(target), drop_invalid=True, validation_fraction=0.2, max_pairs=10).load()
+    assert len(split.train) == 10 and split.validation and all(p.prompt.startswith("q") for p in split.validation)
+    assert not {p.prompt for p in split.validation} & {p.prompt for p in split.heldout}
+    with pytest.raises(AnatomyError, match=r"data.target='.*absent.jsonl': file does not exist"):
+        LocalData(path=str(source), target=str(tmp_path / "absent.jsonl")).load()
+    with pytest.raises(AnatomyError, match="data=local needs a file: data.target=FILE"):
+        LocalData(path=str(source), target="").load()
+
+
+@pytest.mark.parametrize("source", ["local", "genies"])
+def test_a_heldout_fraction_with_a_target_is_refused(source):
+    """With a target its pairs are the held-out ones: a fraction set beside it would do nothing."""
+    from anatomy.data.genies import GeniesData
+
+    make = LocalData if source == "local" else GeniesData
+    with pytest.raises(AnatomyError, match=r"data.heldout_fraction=0.3 does nothing with data.target"):
+        make(path="a", target="b", heldout_fraction=0.3)
+    make(path="a", target="b", validation_fraction=0.5)  # (of the target's pairs: any fraction below 1)
+    with pytest.raises(AnatomyError, match=r"data.validation_fraction must be in \[0, 1\), got 1.0"):
+        make(path="a", target="b", validation_fraction=1.0)
+    with pytest.raises(AnatomyError, match=r"data.validation_fraction must be 0 or in \(0, data.heldout_fraction=0.2\)"):
+        make(path="a", validation_fraction=0.3)  # (null: 0.2)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
