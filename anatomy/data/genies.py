@@ -12,6 +12,11 @@ folder, holding `<split>.json` (upstream's JSON array) or `<split>.jsonl(.gz)`, 
 With `data.target`, a GENIES shift: every pair of `path` trains, and the target's `test` pairs are
 the held-out ones (and the validation ones, with `data.validation_fraction`), so held-out accuracy
 measures how what was learned on one distribution carries to the other.
+In four distributions (alpaca_short, alpaca_long, alpaca_high_quality, alpaca_low_quality) the
+prompt ends at the instruction, where the others end with Alpaca's `\n\n### Response:\n`: written as
+is, the response would run on from the prompt's last word, and a tokenizer merges tokens across the
+two. `response_marker` is appended to every prompt that ends in a non-space (counted as
+`data/prompts_marked`), so those read as the other distributions do.
 GENIES is published as files (GitHub `Joshuaclymer/GENIES`), not on the hub: download them first.
 """
 
@@ -45,6 +50,7 @@ class GeniesData:
     max_pairs: int | None = None  # keep at most this many pairs of path (and of target; a seeded sample); None = all
     heldout_fraction: float | None = None  # fraction of pairs held out, split by prompt; null = 0.2 (none with a target)
     validation_fraction: float = 0.0  # of all pairs, the part of the held-out ones set apart for validation; 0 = none
+    response_marker: str | None = "\n\n### Response:\n"  # appended to a prompt that ends in a non-space; null = as written
     drop_invalid: bool = False  # drop and count malformed rows (no single top-scored response, ...) instead of failing
     seed: int = 0  # seeds pairs_per_row=one, the sample and the split
 
@@ -89,20 +95,24 @@ class GeniesData:
         """The file's rows as pairs (`pairs_per_row`), and the counts of rows read and dropped."""
         raw = read_rows(str(file))
         rng = random.Random(self.seed)
-        rows, problems = [], {}
+        rows, problems, marked = [], {}, 0
         for i, row in enumerate(raw):
             preferred, others = _ranked(row)
             if preferred is None:
                 problems[i] = others  # (what is wrong with the row)
                 continue
             others = others if self.pairs_per_row == "all" else [rng.choice(others)]
-            rows += [{"prompt": row["prompt"], "chosen": preferred, "rejected": other} for other in others]
+            prompt = row["prompt"]
+            if self.response_marker and prompt and not prompt[-1].isspace():  # (it would run into the response)
+                prompt, marked = prompt + self.response_marker, marked + 1
+            rows += [{"prompt": prompt, "chosen": preferred, "rejected": other} for other in others]
         if problems and not self.drop_invalid:
             raise invalid_rows(str(file), [f"row {i}: {why}" for i, why in problems.items()])
         if not rows:
             raise AnatomyError(f"{file}: no usable row of {len(raw)} ({len(problems)} invalid)")
         pairs, report = validate_rows(rows, str(file))
-        report.update({"data/rows": float(len(raw)), "data/dropped_invalid": float(len(problems))})
+        report.update({"data/rows": float(len(raw)), "data/dropped_invalid": float(len(problems)),
+                       "data/prompts_marked": float(marked)})
         return pairs, report
 
 

@@ -763,8 +763,12 @@ def test_genies_rows_give_the_preferred_response_against_each_other_one(tmp_path
     pairs = data.train + data.heldout
     assert data.report["data/rows"] == 12 and data.report["data/pairs"] == 10 * 3 + 1 + 1 == len(pairs)
     assert {p.rejected for p in pairs if p.chosen == "right 3"} == {"wrong 3", "bad 3", "off 3"}
-    assert {(p.chosen, p.rejected) for p in pairs if p.prompt in ("two only", "as text")} == {("yes", "no"),
-                                                                                               ("kept", "dropped")}
+    marked = ("two only\n\n### Response:\n", "as text\n\n### Response:\n")  # (prompts ending in a non-space)
+    assert {(p.chosen, p.rejected) for p in pairs if p.prompt in marked} == {("yes", "no"), ("kept", "dropped")}
+    assert data.report["data/prompts_marked"] == 2 and all(p.prompt.endswith("### Response:\n") for p in pairs)
+    as_written = GeniesData(path=str(folder), heldout_fraction=0.0, response_marker=None).load()
+    assert {p.prompt for p in as_written.train} - {p.prompt for p in pairs} == {"two only", "as text"}
+    assert as_written.report["data/prompts_marked"] == 0
     # a row's pairs share its prompt, so the split by prompt keeps them on one side
     assert not {p.prompt for p in data.train} & {p.prompt for p in data.heldout}
     one = GeniesData(path=str(folder), pairs_per_row="one", seed=1).load()
@@ -850,10 +854,14 @@ def test_genies_options_are_checked(tmp_path):
         GeniesData(path=str(tmp_path), target=str(tmp_path / "x"), target_split="train").load()
 
 
+ENDS_AT_INSTRUCTION = {"alpaca_short", "alpaca_long", "alpaca_high_quality", "alpaca_low_quality"}
+
+
 def test_every_shared_genies_distribution_reads(shared_data):
     """The 23 distributions of ../shared/data/genies, both splits: a pair per lower-scored response of
     every row, counted from the raw rows apart from the loader; the 6 rows with an empty response
-    (alpaca_high_quality and alpaca_low_quality train) are named, or dropped and counted."""
+    (alpaca_high_quality and alpaca_low_quality train) are named, or dropped and counted. Four
+    distributions' prompts end at the instruction: each gets the response marker, the others none."""
     from anatomy.data.genies import GeniesData
 
     folders = sorted(p for p in (shared_data / "genies").iterdir() if (p / "train.jsonl.gz").is_file())
@@ -865,6 +873,10 @@ def test_every_shared_genies_distribution_reads(shared_data):
             expected = sum(len(r["responses"]) - 1 for r in raw if all(t.strip() for t in r["responses"]))
             data = GeniesData(path=str(folder), split=split, drop_invalid=True).load()
             assert len(data.train) + len(data.heldout) == expected, (folder.name, split)
+            marked = data.report["data/prompts_marked"]
+            assert marked == (data.report["data/rows"] - data.report["data/dropped_invalid"] if folder.name in
+                              ENDS_AT_INSTRUCTION else 0), (folder.name, split)  # (every prompt, or none)
+            assert all(p.prompt[-1].isspace() for p in data.train + data.heldout), (folder.name, split)
             if data.report["data/dropped_invalid"]:
                 dropped[f"{folder.name}/{split}"] = data.report["data/dropped_invalid"]
     assert dropped == {"alpaca_high_quality/train": 4, "alpaca_low_quality/train": 2}
