@@ -296,6 +296,7 @@ def test_genies_alpaca_short_audit_says_length_separates_its_pairs_and_they_reve
                              f"data.target={genies / 'alpaca_long'}", "data.max_pairs=200", "model.train_steps=100",
                              "sae.training_tokens=100000")
     assert metrics["data/rows"] == 600 and metrics["data/target_rows"] == 250
+    assert metrics["data/prompts_marked"] == 600 and metrics["data/target_prompts_marked"] == 250  # (Response marker)
     assert metrics["data/train"] == metrics["data/heldout"] == 200
     assert metrics["audit/chosen_shorter"] >= 0.95 and metrics["audit/n_significant"] > 0
     report = (out / "hypotheses.md").read_text()
