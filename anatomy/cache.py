@@ -3,7 +3,8 @@
 Entries are built in a temporary folder and renamed into place, under a file lock, so parallel
 jobs neither corrupt nor duplicate an entry and a killed job leaves no half-written one.
 The root is `$ANATOMY_CACHE` (default `~/.cache/anatomy`); clear it with `rm -rf` of that folder.
-`ANATOMY_NO_CACHE=1` computes every stage afresh in a temporary folder (the baseline of benchmarks).
+`ANATOMY_NO_CACHE=1` computes every stage afresh in a temporary folder (the baseline of benchmarks),
+removed when the process exits, or by the next such run if it was killed.
 """
 
 from __future__ import annotations
@@ -116,11 +117,41 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+NO_CACHE_PREFIX = "anatomy-no-cache-"  # + the process id: the folder of its ANATOMY_NO_CACHE stages
+_no_cache: Path | None = None  # this process's, once made
+
+
+def _no_cache_root() -> Path:
+    """This process's folder for `ANATOMY_NO_CACHE` stages, removed when it exits. Made once, after
+    removing those of processes that no longer run: a killed one (SIGKILL, or a SIGTERM that Python
+    did not turn into an exit) never ran its removal."""
+    global _no_cache
+    root = Path(tempfile.gettempdir()) / f"{NO_CACHE_PREFIX}{os.getpid()}"
+    if _no_cache != root:
+        for orphan in root.parent.glob(f"{NO_CACHE_PREFIX}*"):  # (one named by this pid is an earlier process's)
+            pid = orphan.name[len(NO_CACHE_PREFIX):]
+            if pid.isdigit() and orphan.is_dir() and (orphan == root or not _alive(int(pid))):
+                shutil.rmtree(orphan, ignore_errors=True)
+        root.mkdir()
+        atexit.register(shutil.rmtree, root, ignore_errors=True)  # read until the process ends, then gone
+        _no_cache = root
+    return root
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # (another user's)
+        return True
+    return True
+
+
 def cached_dir(stage: str, key: object, build: Callable[[Path], None]) -> tuple[Path, bool]:
     """Return (folder, hit): the entry for `key`, built by `build(tmp_folder)` if absent."""
     if os.environ.get("ANATOMY_NO_CACHE"):  # every stage computed afresh (benchmarks, debugging)
-        folder = Path(tempfile.mkdtemp(prefix=f"anatomy-{stage}-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)  # read until the process ends, then gone
+        folder = Path(tempfile.mkdtemp(prefix=f"{stage}-", dir=_no_cache_root()))
         build(folder)
         return folder, False
     root = cache_root() / stage
@@ -132,7 +163,8 @@ def cached_dir(stage: str, key: object, build: Callable[[Path], None]) -> tuple[
         if (final / ".complete").exists():
             return final, True
         tmp = root / f".tmp-{name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(f".tmp-{name}-*"):  # (a killed build's: under the lock, nothing else builds it)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             build(tmp)

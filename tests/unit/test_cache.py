@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import types
 
-from anatomy.cache import cached_dir, code_closure, code_digest, stage_code
+from anatomy.cache import cached_dir, code_closure, code_digest, digest, stage_code
 
 
 def _module(name: str, source: str) -> types.ModuleType:
@@ -37,7 +37,10 @@ def test_an_entry_keyed_by_other_code_is_built_again(tmp_path, monkeypatch):
         (folder / "value").write_text(str(len(builds)))
 
     old, new = _module("m1", "def f(): return 1\n"), _module("m2", "def f(): return 2\n")
+    killed = tmp_path / "stage" / f".tmp-{digest({'x': 1, 'code': code_digest(old)})}-99999999"
+    (killed / "half").mkdir(parents=True)  # a killed build's folder: removed by the next build of that entry
     first, hit1 = cached_dir("stage", {"x": 1, "code": code_digest(old)}, build)
+    assert not killed.exists() and [p.name for p in (tmp_path / "stage").glob(".tmp-*")] == []
     again, hit2 = cached_dir("stage", {"x": 1, "code": code_digest(old)}, build)
     other, hit3 = cached_dir("stage", {"x": 1, "code": code_digest(new)}, build)
     assert (hit1, hit2, hit3) == (False, True, False) and len(builds) == 2
@@ -81,4 +84,13 @@ def test_without_the_cache_a_stage_folder_lasts_until_the_process_ends(tmp_path)
     env = {**os.environ, "ANATOMY_NO_CACHE": "1", "TMPDIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     folder = Path(out.stdout.strip())
-    assert folder.parent == tmp_path and folder.name.startswith("anatomy-stage-") and not folder.exists()
+    assert folder.parent.parent == tmp_path and folder.name.startswith("stage-") and not folder.parent.exists()
+    # a killed run's folder (its process gone) is removed by the next run; a live process's is kept
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed, live = tmp_path / f"anatomy-no-cache-{dead.stdout.strip()}", tmp_path / f"anatomy-no-cache-{os.getpid()}"
+    other = tmp_path / "anatomy-no-cache-notes"  # (not a process id: not ours)
+    for orphan in (killed, live, other):
+        (orphan / "model-x").mkdir(parents=True)
+    subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert not killed.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
