@@ -30,7 +30,7 @@ from numbers import Real
 from pathlib import Path
 
 from anatomy.data.files import read_rows
-from anatomy.data.local import HELDOUT, check_fractions, finish, shifted
+from anatomy.data.local import check_fractions, finish, shifted
 from anatomy.data.schema import PreferencePair, invalid_rows, validate_rows
 from anatomy.errors import AnatomyError
 
@@ -87,8 +87,7 @@ class GeniesData:
         target = self.file("target") if self.target is not None else None  # (a wrong target fails before the source reads)
         pairs, report = self.pairs(file)
         if target is None:
-            fraction = HELDOUT if self.heldout_fraction is None else self.heldout_fraction
-            return finish(pairs, report, self.max_pairs, fraction, self.seed, self.validation_fraction)
+            return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)
         return shifted(pairs, report, *self.pairs(target), self.max_pairs, self.seed, self.validation_fraction)
 
     def pairs(self, file: Path) -> tuple[list[PreferencePair], dict[str, float]]:

@@ -50,8 +50,7 @@ class LocalData:
                 raise AnatomyError(f"data=local needs a file: data.{key}=FILE")
         pairs, report = self.pairs(self.path)
         if self.target is None:
-            fraction = HELDOUT if self.heldout_fraction is None else self.heldout_fraction
-            return finish(pairs, report, self.max_pairs, fraction, self.seed, self.validation_fraction)
+            return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)
         held, held_report = self.pairs(self.target, "data.target")
         return shifted(pairs, report, held, held_report, self.max_pairs, self.seed, self.validation_fraction)
 
@@ -66,8 +65,10 @@ class LocalData:
 
 
 def finish(pairs, report, max_pairs, heldout_fraction, seed, validation_fraction=0.0) -> PreferenceData:
-    """Seeded subsample, then the split by prompt (and the held-out split's validation part)."""
+    """Seeded subsample, then the split by prompt (and the held-out split's validation part); a null
+    `heldout_fraction` holds out `HELDOUT`."""
     pairs = sample(pairs, max_pairs, seed)
+    heldout_fraction = HELDOUT if heldout_fraction is None else heldout_fraction
     train, heldout = split_by_prompt(pairs, heldout_fraction, seed)
     data = set_aside_validation(PreferenceData(train, heldout), validation_fraction)
     data.report.update({**report, "data/pairs": float(len(pairs)), "data/train": float(len(data.train)),
