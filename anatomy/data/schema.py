@@ -7,12 +7,15 @@ raises an `AnatomyError` that names the file, the row and the problem, before an
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from anatomy.errors import AnatomyError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -139,12 +142,31 @@ def validate_rows(
             f"{source}: no usable pair left of {len(rows)} rows "
             f"({identical} with chosen identical to rejected, {len(invalid)} invalid)"
         )
+    run_on = [i for i, pair in enumerate(pairs) if runs_on(pair)]
+    if run_on:
+        example = pairs[run_on[0]]
+        log.warning("%s: in %d of %d pairs the prompt ends in a non-space and a response starts with one, so the "
+                    "response runs on from the prompt's last word (...%r + %r...): a tokenizer merges tokens across "
+                    "the two, and TRL then trains on another context than the one evaluated. End each prompt with "
+                    "a separator (a space, a newline, or a marker such as 'Answer:' + ' ')", source, len(run_on),
+                    len(pairs), example.prompt[-20:], (example.chosen if runs_on(example, "chosen") else
+                                                        example.rejected)[:20])
     report = {
         "data/rows": float(len(rows)),
         "data/dropped_identical": float(identical),
         "data/dropped_invalid": float(len(invalid)),
+        "data/prompts_run_on": float(len(run_on)),
     }
     return pairs, report
+
+
+def runs_on(pair: PreferencePair, side: str | None = None) -> bool:
+    """Whether the prompt's last character and a response's first (`side`'s, or either's) are both
+    non-space: written one after the other, they read as one word."""
+    if not pair.prompt or pair.prompt[-1].isspace():
+        return False
+    sides = (side,) if side else ("chosen", "rejected")
+    return any(not getattr(pair, s)[0].isspace() for s in sides)
 
 
 def invalid_rows(source: str, invalid: list[str]) -> AnatomyError:

@@ -172,7 +172,27 @@ def test_a_prompt_missing_from_the_first_row_only_is_that_row_s_problem(tmp_path
 def test_validate_rows_builds_pairs_and_a_report():
     pairs, report = validate_rows(ROWS, "src")
     assert pairs == [PreferencePair(r["prompt"], r["chosen"], r["rejected"]) for r in ROWS]
-    assert report == {"data/rows": 3.0, "data/dropped_identical": 0.0, "data/dropped_invalid": 0.0}
+    assert report == {"data/rows": 3.0, "data/dropped_identical": 0.0, "data/dropped_invalid": 0.0,
+                      "data/prompts_run_on": 3.0}
+
+
+def test_a_response_running_on_from_its_prompt_is_counted_and_warned_about(caplog):
+    """Prompt "...Answer:" + response "Paris" reads "Answer:Paris": one word to a tokenizer. Counted
+    and warned about, with an example; a separator on either side, or no prompt, is fine."""
+    rows = [{"prompt": "Q: capital?\nAnswer:", "chosen": "Paris", "rejected": " Lyon"},  # (chosen runs on)
+            {"prompt": "Q: two?\nAnswer:", "chosen": " 2", "rejected": "3"},  # (rejected runs on)
+            {"prompt": "Q: three?\nAnswer: ", "chosen": "3", "rejected": "4"},
+            {"prompt": "Q: four?\nAnswer:", "chosen": " 4", "rejected": "\n5"},
+            {"prompt": "", "chosen": "yes", "rejected": "no"}]
+    with caplog.at_level("WARNING", logger="anatomy.data.schema"):
+        _, report = validate_rows(rows, "pairs.jsonl")
+    assert report["data/prompts_run_on"] == 2
+    assert "pairs.jsonl: in 2 of 5 pairs the prompt ends in a non-space" in caplog.text
+    assert "'Q: capital?\\nAnswer:' + 'Paris'" in caplog.text  # (the first, on the side that runs on)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="anatomy.data.schema"):
+        _, report = validate_rows(rows[2:], "pairs.jsonl")
+    assert report["data/prompts_run_on"] == 0 and not caplog.text
 
 
 def test_validate_rows_custom_keys_and_no_prompt():
@@ -222,7 +242,8 @@ def test_validate_rows_invalid_rows_are_named_or_dropped_and_counted():
 
     pairs, report = validate_rows(rows, "src", drop_invalid=True)
     assert [p.prompt for p in pairs] == ["p0", "p6"]
-    assert report == {"data/rows": 7.0, "data/dropped_identical": 0.0, "data/dropped_invalid": 5.0}
+    assert report == {"data/rows": 7.0, "data/dropped_identical": 0.0, "data/dropped_invalid": 5.0,
+                      "data/prompts_run_on": 2.0}
 
 
 def test_validate_rows_shows_at_most_five_invalid_rows():
