@@ -30,7 +30,7 @@ class LocalData:
     prompt_key: str | None = "prompt"  # prompt column; absent from the file or null = no prompt
     chosen_key: str = "chosen"  # preferred response column
     rejected_key: str = "rejected"  # dispreferred response column
-    max_pairs: int | None = None  # keep at most this many pairs (a seeded sample); None = all
+    max_pairs: int | None = None  # keep at most this many pairs of path (and of target; a seeded sample); None = all
     target: str | None = None  # a second file (same columns) whose pairs are all held out: a shift from path to it
     heldout_fraction: float | None = None  # fraction of pairs held out, split by prompt; null = 0.2 (none with a target)
     validation_fraction: float = 0.0  # of all pairs, the part of the held-out ones set apart for validation; 0 = none
