@@ -165,7 +165,7 @@ def write_verdicts(out_dir: Path, table: pd.DataFrame, header: dict, decided: di
 
 
 def write_margins(out_dir: Path, split: str, pairs: list, margins, baseline=None) -> None:
-    """<split>.csv (heldout.csv, validation.csv): each pair, its margin under the trained model (> 0:
+    """<split>.csv (heldout.csv, validation.csv, source.csv): each pair, its margin under the trained model (> 0:
     it prefers chosen) and whether it is right (1, 0, 0.5 for a tie); with the baseline, the same
     without intervention, so the pairs the intervention changed can be read."""
     if not pairs:
@@ -341,6 +341,10 @@ def accuracy_lines(metrics: dict, shifts: bool) -> list[str]:
                                                                      metrics.get("data/heldout")))
     else:
         out.append("held-out accuracy: no held-out pairs (data.heldout_fraction)")
+    if "eval/source_accuracy" in metrics:
+        out.append(f"source accuracy {metrics['eval/source_accuracy']:.3f} (before training "
+                   f"{metrics['eval/source_accuracy_before']:.3f}) on {int(metrics['data/source_heldout'])} held-out "
+                   "pairs of the distribution trained on (data.path; the held-out pairs above are data.target's)")
     if "eval/validation_accuracy" in metrics:
         base = metrics.get("eval/baseline/validation_accuracy")
         out.append(f"validation accuracy {metrics['eval/validation_accuracy']:.3f}"

@@ -324,7 +324,7 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
     metrics.update(plan.report)
     metrics.update(planted_balance(data.train, plan.weights))  # synthetic data: the plan against the truth
     if not isinstance(stages.eval, NoEval):  # what eval.max_length will cut, said before training
-        metrics.update(stages.eval.count_cut(model.tokenizer, data.heldout + data.validation,
+        metrics.update(stages.eval.count_cut(model.tokenizer, data.heldout + data.validation + data.source_heldout,
                                              probes + data.validation_probes))
     with timer("train"):
         trained = stages.trainer.train(model, data.train, plan)
@@ -338,8 +338,10 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
         measured, margins = stages.eval.run(trained, data.heldout, probes, table)
         validation, val_margins = stages.eval.accuracy(trained, data.validation, "validation")  # to choose settings by
         validation.update(stages.eval.shifts(trained, data.validation_probes, split="validation"))
+        source, source_margins = stages.eval.accuracy(trained, data.source_heldout, "source")  # (a shift's own)
     metrics.update(measured)
     metrics.update(validation)
+    metrics.update(source)
     base_margins = base_val_margins = None
     if stages.eval.compare_baseline and not isinstance(stages.intervention, NoIntervention):
         with timer("baseline"):
@@ -357,6 +359,7 @@ def train_and_evaluate(stages, data, probes, model, sae, feats, table, header, t
                 metrics[f"eval/{measure}_reduction/{concept}"] = 1.0 - metrics[f"eval/{measure}/{concept}"] / value
     write_margins(out_dir, "heldout", data.heldout, margins, base_margins)
     write_margins(out_dir, "validation", data.validation, val_margins, base_val_margins)
+    write_margins(out_dir, "source", data.source_heldout, source_margins)
     return metrics
 
 

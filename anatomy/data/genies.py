@@ -9,9 +9,10 @@ highest (the preferred one; upstream, 1.0 against 0.0). It gives one pair per lo
 (`pairs_per_row=all`: 1 or 3 pairs, all with the row's prompt, so a split by prompt keeps them
 together), or one of them, drawn with the seed (`pairs_per_row=one`). `data.path` is a distribution's
 folder, holding `<split>.json` (upstream's JSON array) or `<split>.jsonl(.gz)`, or one such file.
-With `data.target`, a GENIES shift: every pair of `path` trains, and the target's `test` pairs are
+With `data.target`, a GENIES shift: the pairs of `path` train, and the target's `test` pairs are
 the held-out ones (and the validation ones, with `data.validation_fraction`), so held-out accuracy
-measures how what was learned on one distribution carries to the other.
+measures how what was learned on one distribution carries to the other; `data.heldout_fraction`
+then holds out that part of `path`'s pairs too, for in-distribution accuracy (`eval/source_accuracy`).
 In four distributions (alpaca_short, alpaca_long, alpaca_high_quality, alpaca_low_quality) the
 prompt ends at the instruction, where the others end with Alpaca's `\n\n### Response:\n`: written as
 is, the response would run on from the prompt's last word, and a tokenizer merges tokens across the
@@ -48,7 +49,7 @@ class GeniesData:
     target_split: str = "test"  # the target's file, as split is path's
     pairs_per_row: str = "all"  # all: the preferred response against each other one; one: against one, seeded
     max_pairs: int | None = None  # keep at most this many pairs of path (and of target; a seeded sample); None = all
-    heldout_fraction: float | None = None  # fraction of pairs held out, split by prompt; null = 0.2 (none with a target)
+    heldout_fraction: float | None = None  # of path's pairs, held out by prompt; null = 0.2 (with a target: none)
     validation_fraction: float = 0.0  # of all pairs, the part of the held-out ones set apart for validation; 0 = none
     response_marker: str | None = "\n\n### Response:\n"  # appended to a prompt that ends in a non-space; null = as written
     drop_invalid: bool = False  # drop and count malformed rows (no single top-scored response, ...) instead of failing
@@ -88,7 +89,8 @@ class GeniesData:
         pairs, report = self.pairs(file)
         if target is None:
             return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)
-        return shifted(pairs, report, *self.pairs(target), self.max_pairs, self.seed, self.validation_fraction)
+        return shifted(pairs, report, *self.pairs(target), self.max_pairs, self.seed, self.validation_fraction,
+                       self.heldout_fraction)
 
     def pairs(self, file: Path) -> tuple[list[PreferencePair], dict[str, float]]:
         """The file's rows as pairs (`pairs_per_row`), and the counts of rows read and dropped."""

@@ -2,8 +2,9 @@
 
 Columns `prompt` (optional), `chosen`, `rejected`; names configurable. JSON Lines, JSON, CSV or
 Parquet, gzip allowed. Rows are validated before any model is built (see `schema.validate_rows`).
-With `data.target=FILE2` (the same columns), a shift: every pair of `path` trains and every pair of
-FILE2 is held out, so replication and held-out accuracy say what carries over to the other data.
+With `data.target=FILE2` (the same columns), a shift: the pairs of `path` train and every pair of
+FILE2 is held out, so replication and held-out accuracy say what carries over to the other data;
+`data.heldout_fraction` then holds out that part of `path` too (`eval/source_accuracy`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class LocalData:
     rejected_key: str = "rejected"  # dispreferred response column
     max_pairs: int | None = None  # keep at most this many pairs of path (and of target; a seeded sample); None = all
     target: str | None = None  # a second file (same columns) whose pairs are all held out: a shift from path to it
-    heldout_fraction: float | None = None  # fraction of pairs held out, split by prompt; null = 0.2 (none with a target)
+    heldout_fraction: float | None = None  # of path's pairs, held out by prompt; null = 0.2 (with a target: none)
     validation_fraction: float = 0.0  # of all pairs, the part of the held-out ones set apart for validation; 0 = none
     drop_invalid: bool = False  # drop and count empty / non-string rows instead of failing
     seed: int = 0  # seeds the sample and the split
@@ -52,7 +53,8 @@ class LocalData:
         if self.target is None:
             return finish(pairs, report, self.max_pairs, self.heldout_fraction, self.seed, self.validation_fraction)
         held, held_report = self.pairs(self.target, "data.target")
-        return shifted(pairs, report, held, held_report, self.max_pairs, self.seed, self.validation_fraction)
+        return shifted(pairs, report, held, held_report, self.max_pairs, self.seed, self.validation_fraction,
+                       self.heldout_fraction)
 
     def pairs(self, path: str, option: str = "data.path") -> tuple[list[PreferencePair], dict[str, float]]:
         """The file's valid pairs, and the counts of rows read and dropped (`option`: the key naming it)."""
@@ -76,35 +78,36 @@ def finish(pairs, report, max_pairs, heldout_fraction, seed, validation_fraction
     return data
 
 
-def shifted(pairs, report, held, held_report, max_pairs, seed, validation_fraction=0.0) -> PreferenceData:
-    """A shift: every pair of one source trains, every pair of another (the target) is held out.
+def shifted(pairs, report, held, held_report, max_pairs, seed, validation_fraction=0.0,
+            source_fraction: float | None = None) -> PreferenceData:
+    """A shift: the pairs of one source train, every pair of another (the target) is held out.
 
     Both are seeded samples of at most `max_pairs`; the held-out pairs are ordered by whole prompts,
-    seeded, and the last `validation_fraction` of all pairs become the validation ones. The target's
-    counts are reported as `data/target_*`.
+    seeded, and the last `validation_fraction` of all pairs become the validation ones. With
+    `source_fraction`, that part of the source's pairs (split by prompt) is held out too, as
+    `source_heldout`: in-distribution accuracy beside the target's. The target's counts are reported
+    as `data/target_*`.
     """
     train, held = (sample(p, max_pairs, seed) for p in (pairs, held))
+    train, source = split_by_prompt(train, source_fraction, seed) if source_fraction else (train, [])
     held, _ = split_by_prompt(held, 0.0, seed)  # (whole prompts, seeded order: the last become validation)
-    data = set_aside_validation(PreferenceData(train, held), validation_fraction)
+    data = set_aside_validation(PreferenceData(train, held, source_heldout=source), validation_fraction)
     data.report.update({**report, **{k.replace("data/", "data/target_"): v for k, v in held_report.items()},
-                        "data/pairs": float(len(train) + len(held)), "data/train": float(len(data.train)),
-                        "data/heldout": float(len(data.heldout))})
+                        "data/pairs": float(len(train) + len(source) + len(held)), "data/train": float(len(data.train)),
+                        "data/heldout": float(len(data.heldout)), "data/source_heldout": float(len(source))})
     return data
 
 
 def check_fractions(heldout_fraction: float | None, validation_fraction: float, target: str | None) -> None:
-    """heldout_fraction splits one source; with a target, whose pairs are the held-out ones, it is an error."""
+    """heldout_fraction splits the source (null: HELDOUT, or with a target none); with a target, whose
+    pairs are the held-out ones, it is the source's part held out for in-distribution accuracy."""
+    if heldout_fraction is not None and not 0 <= heldout_fraction < 1:
+        raise AnatomyError(f"data.heldout_fraction must be in [0, 1), got {heldout_fraction}")
     if target is not None:
-        if heldout_fraction is not None:
-            raise AnatomyError(f"data.heldout_fraction={heldout_fraction} does nothing with data.target: the target's "
-                               "pairs are the held-out ones. Remove it (or set it to null)")
         if not 0 <= validation_fraction < 1:
             raise AnatomyError(f"data.validation_fraction must be in [0, 1), got {validation_fraction}")
         return
-    heldout_fraction = HELDOUT if heldout_fraction is None else heldout_fraction
-    if not 0 <= heldout_fraction < 1:
-        raise AnatomyError(f"data.heldout_fraction must be in [0, 1), got {heldout_fraction}")
-    check_validation_fraction(validation_fraction, heldout_fraction)
+    check_validation_fraction(validation_fraction, HELDOUT if heldout_fraction is None else heldout_fraction)
 
 
 def sample(pairs: list, max_pairs: int | None, seed: int) -> list:

@@ -72,11 +72,12 @@ class PreferenceData:
     background: list[tuple[str, str]] = field(default_factory=list)  # (prompt, response) texts with no preference
     validation: list[PreferencePair] = field(default_factory=list)  # set apart from held-out (`set_aside_validation`)
     validation_probes: list[Probe] = field(default_factory=list)  # drawn apart from `probes`, to choose settings by
+    source_heldout: list[PreferencePair] = field(default_factory=list)  # a shift's source pairs held out (`shifted`)
 
     def texts(self) -> list[tuple[str, str]]:
         """Every (prompt, response) of every split, then the background texts: what a model or SAE is
         fitted to (unsupervised: no preference label is seen)."""
-        pairs = self.train + self.heldout + self.validation
+        pairs = self.train + self.heldout + self.validation + self.source_heldout
         return [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs] + self.background
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from anatomy.errors import AnatomyError
-from anatomy.outputs import strongest_first
+from anatomy.outputs import strongest_first, summary
 from conftest import AUDIT, SMALL, hh_rlhf_small, run_study
 
 CSV_COLUMNS = ["feature", "direction", "effect", "auroc", "p_value", "q_value", "significant", "frequency", "top_tokens"]
@@ -290,14 +290,23 @@ def test_genies_alpaca_short_audit_says_length_separates_its_pairs_and_they_reve
                                                                                                      tmp_path):
     """experiment=audit_genies on GENIES' alpaca_short, where the shorter response is preferred, with
     alpaca_long (where the longer one is) as the shift's target: the audit says that length alone
-    separates the pairs, and its hypotheses, tested again on the target's pairs, point the other way."""
+    separates the pairs, and its hypotheses, tested again on the target's pairs, point the other way.
+    With data.heldout_fraction part of alpaca_short is held out too, and a short DPO run is measured
+    on both: the target's pairs (held-out accuracy) and the source's own (eval/source_accuracy)."""
     genies = shared_data / "genies"
     metrics, out = run_study(tmp_path, "experiment=audit_genies", f"data.path={genies / 'alpaca_short'}",
                              f"data.target={genies / 'alpaca_long'}", "data.max_pairs=200", "model.train_steps=100",
-                             "sae.training_tokens=100000")
+                             "sae.training_tokens=100000", "data.heldout_fraction=0.2", "trainer=dpo",
+                             "trainer.max_steps=4", "intervention=none", "eval=default")
     assert metrics["data/rows"] == 600 and metrics["data/target_rows"] == 250
     assert metrics["data/prompts_marked"] == 600 and metrics["data/target_prompts_marked"] == 250  # (Response marker)
-    assert metrics["data/train"] == metrics["data/heldout"] == 200
+    assert metrics["data/train"] == 160 and metrics["data/source_heldout"] == 40 and metrics["data/heldout"] == 200
+    assert 0 <= metrics["eval/source_accuracy"] <= 1 and metrics["eval/source_accuracy_before"] == 0.5
+    source = pd.read_csv(out / "source.csv")
+    assert len(source) == 40 and source.correct.mean() == metrics["eval/source_accuracy"]
+    assert len(pd.read_csv(out / "heldout.csv")) == 200
+    assert f"source accuracy {metrics['eval/source_accuracy']:.3f} (before training 0.500) on 40 held-out pairs" in \
+        summary(metrics, out / "hypotheses.csv")
     assert metrics["audit/chosen_shorter"] >= 0.95 and metrics["audit/n_significant"] > 0
     report = (out / "hypotheses.md").read_text()
     assert "**Length: the chosen response is the shorter one in" in report and "on the 200 target pairs" in report

@@ -416,13 +416,32 @@ def test_local_data_holds_out_a_target_file_whole(tmp_path):
 
 
 @pytest.mark.parametrize("source", ["local", "genies"])
-def test_a_heldout_fraction_with_a_target_is_refused(source):
-    """With a target its pairs are the held-out ones: a fraction set beside it would do nothing."""
+def test_a_heldout_fraction_with_a_target_holds_out_part_of_the_source(source, tmp_path):
+    """With a target, its pairs are the held-out ones; data.heldout_fraction then holds out part of the
+    source too (by prompt), for in-distribution accuracy; null holds out none of it."""
     from anatomy.data.genies import GeniesData
 
-    make = LocalData if source == "local" else GeniesData
-    with pytest.raises(AnatomyError, match=r"data.heldout_fraction=0.3 does nothing with data.target"):
-        make(path="a", target="b", heldout_fraction=0.3)
+    if source == "local":
+        path = _write(tmp_path / "a.jsonl", [{"prompt": f"p{i // 2}", "chosen": f"c{i}", "rejected": f"r{i}"}
+                                             for i in range(40)], "jsonl", False)
+        target = _write(tmp_path / "b.jsonl", [{"prompt": f"q{i}", "chosen": f"C{i}", "rejected": f"R{i}"}
+                                               for i in range(10)], "jsonl", False)
+        make = LocalData
+    else:
+        path, target = (_write(tmp_path / f"{n}.jsonl", _genies_rows(n_rows), "jsonl", False)
+                        for n, n_rows in (("a", 12), ("b", 3)))
+        make = GeniesData
+    whole = make(path=str(path), target=str(target)).load()
+    assert not whole.source_heldout and whole.report["data/source_heldout"] == 0
+    part = make(path=str(path), target=str(target), heldout_fraction=0.25).load()
+    assert part.heldout == whole.heldout and part.train + part.source_heldout != []
+    assert sorted(map(str, part.train + part.source_heldout)) == sorted(map(str, whole.train))
+    assert 0.25 * len(whole.train) <= len(part.source_heldout) < 0.25 * len(whole.train) + 4
+    assert not {p.prompt for p in part.train} & {p.prompt for p in part.source_heldout}
+    assert part.report["data/source_heldout"] == len(part.source_heldout)
+    assert set(part.texts()) == set(whole.texts())  # (the model and SAE are fitted to the same texts)
+    with pytest.raises(AnatomyError, match=r"data.heldout_fraction must be in \[0, 1\), got 1.0"):
+        make(path="a", target="b", heldout_fraction=1.0)
     make(path="a", target="b", validation_fraction=0.5)  # (of the target's pairs: any fraction below 1)
     with pytest.raises(AnatomyError, match=r"data.validation_fraction must be in \[0, 1\), got 1.0"):
         make(path="a", target="b", validation_fraction=1.0)
