@@ -203,10 +203,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                     "were not found on", needs, which)
     with timer("evidence"):
         details = gather_evidence(stages.evidence, feats, table, sae, model)
-    significant = table[table["significant"]]
+    significant, length_diff = table[table["significant"]], feats.length_diff
     metrics.update({
-        "audit/chosen_longer": float((feats.length_diff > 0).mean()),  # shares of the pairs: length, a concept itself
-        "audit/chosen_shorter": float((feats.length_diff < 0).mean()),
+        "audit/chosen_longer": float((length_diff > 0).mean()),  # shares of the pairs: length, a concept itself
+        "audit/chosen_shorter": float((length_diff < 0).mean()),
         "audit/n_pairs": float(feats.chosen.shape[0]),
         "audit/n_features": float(sae.d_sae),
         "audit/n_tested": float(len(table)),

@@ -143,15 +143,15 @@ def validate_rows(
             f"{source}: no usable pair left of {len(rows)} rows "
             f"({identical} with chosen identical to rejected, {len(invalid)} invalid)"
         )
-    run_on = [i for i, pair in enumerate(pairs) if runs_on(pair)]
+    run_on = [pair for pair in pairs if runs_on(pair)]
     if run_on:
-        example = pairs[run_on[0]]
+        example = run_on[0]
+        response = example.rejected if example.chosen[0].isspace() else example.chosen  # (the side that runs on)
         log.warning("%s: in %d of %d pairs the prompt ends in a non-space and a response starts with one, so the "
                     "response runs on from the prompt's last word (...%r + %r...): a tokenizer merges tokens across "
                     "the two, and TRL then trains on another context than the one evaluated. End each prompt with "
                     "a separator (a space, a newline, or a marker such as 'Answer:' + ' ')", source, len(run_on),
-                    len(pairs), example.prompt[-20:], (example.chosen if runs_on(example, "chosen") else
-                                                        example.rejected)[:20])
+                    len(pairs), example.prompt[-20:], response[:20])
     report = {
         "data/rows": float(len(rows)),
         "data/dropped_identical": float(identical),
@@ -161,13 +161,11 @@ def validate_rows(
     return pairs, report
 
 
-def runs_on(pair: PreferencePair, side: str | None = None) -> bool:
-    """Whether the prompt's last character and a response's first (`side`'s, or either's) are both
-    non-space: written one after the other, they read as one word."""
-    if not pair.prompt or pair.prompt[-1].isspace():
-        return False
-    sides = (side,) if side else ("chosen", "rejected")
-    return any(not getattr(pair, s)[0].isspace() for s in sides)
+def runs_on(pair: PreferencePair) -> bool:
+    """Whether the prompt's last character and a response's first are both non-space: written one
+    after the other, they read as one word."""
+    return bool(pair.prompt) and not pair.prompt[-1].isspace() and not (
+        pair.chosen[0].isspace() and pair.rejected[0].isspace())
 
 
 def invalid_rows(source: str, invalid: list[str]) -> AnatomyError:
